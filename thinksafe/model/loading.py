@@ -1,0 +1,58 @@
+"""Load tokenizers and causal LMs from a hub id, a local directory, or a local .gguf file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from thinksafe.errors import UserError
+
+
+def _split_gguf(name_or_path: str) -> tuple[str, dict[str, Any]]:
+    p = Path(name_or_path)
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise UserError(f"model.name_or_path: no such GGUF file {p}.")
+        return str(p.parent), {"gguf_file": p.name}
+    return name_or_path, {}
+
+
+def resolve_dtype(dtype: str, device: str = "cpu"):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    try:
+        return {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+                "float32": torch.float32, "fp32": torch.float32}[dtype]
+    except KeyError:
+        raise UserError(f"unknown dtype {dtype!r}; use auto, bfloat16, float16 or float32.") from None
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    path, extra = _split_gguf(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(path, **extra)
+    except OSError as e:
+        raise UserError(
+            f"model.name_or_path: cannot load a tokenizer from {name_or_path!r} ({e}). Give a local directory "
+            "with tokenizer files, a .gguf file, or a hub id reachable from this machine."
+        ) from None
+
+
+def load_causal_lm(name_or_path: str, dtype: str = "auto", device: str = "cpu", attn_implementation: str | None = None):
+    from transformers import AutoModelForCausalLM
+
+    path, extra = _split_gguf(name_or_path)
+    if attn_implementation:
+        extra["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, device), **extra)
+    except OSError as e:
+        raise UserError(
+            f"model.name_or_path: cannot load a model from {name_or_path!r} ({e}). Give a local directory with "
+            "config.json and weights, a .gguf file, or a hub id reachable from this machine."
+        ) from None
+    return model.to(device)

@@ -1,0 +1,78 @@
+"""The Sampler protocol: chat conversations in, ``n`` completions per conversation out."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from thinksafe.errors import UserError
+
+Message = dict[str, str]
+
+
+@dataclass
+class SamplingConfig:
+    """How responses are sampled (the paper's defaults for reasoning models)."""
+
+    n: int = 1
+    """Samples per prompt."""
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 20
+    """20 for Qwen3; 0 disables it (DeepSeek-R1-Distill)."""
+    max_tokens: int = 16384
+    """New tokens per sample; a trace cut here leaves its think block open and is rejected."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise UserError(f"data.sampling.n must be ≥ 1, got {self.n}.")
+        if self.max_tokens < 1:
+            raise UserError(f"data.sampling.max_tokens must be ≥ 1, got {self.max_tokens}.")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"data.sampling.top_p must be in (0, 1], got {self.top_p}.")
+        if self.temperature < 0:
+            raise UserError(f"data.sampling.temperature must be ≥ 0, got {self.temperature}.")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str | None = None
+    """'stop' (end of turn) or 'length' (max_tokens reached)."""
+    num_tokens: int = 0
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """Samples completions for chat conversations with one model.
+
+    ``chat_template_kwargs`` go to the chat template (``enable_thinking`` for Qwen3). Implementations
+    may keep an engine alive between calls; :meth:`close` frees it (and its accelerator memory).
+    """
+
+    def generate(
+        self,
+        model: str,
+        conversations: list[list[Message]],
+        params: SamplingConfig,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        seeds: list[int] | None = None,
+    ) -> list[list[Completion]]:
+        """``params.n`` completions per conversation. ``seeds`` (one per conversation) make each
+        conversation's samples independent of batching, so a resumed run draws what an uninterrupted one
+        would; None derives them from ``params.seed``."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def request_seed(base: int, sample_index: int) -> int:
+    """The seed of sample ``sample_index`` of a conversation whose seed is ``base`` (stable across runs)."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{base}:{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
