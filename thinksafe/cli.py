@@ -48,13 +48,17 @@ def _lightning_cli(args: list[str], run: bool):
         def before_fit(self) -> None:
             self.datamodule.recipe = _plain(self.config.get("fit", self.config))
 
-    return ThinkSafeCLI(
-        ThinkSafeModule,
-        SafetyDataModule,
-        args=args,
-        run=run,
-        save_config_kwargs={"overwrite": True},
-    )
+    argv0, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when both args and sys.argv hold arguments
+    try:
+        return ThinkSafeCLI(
+            ThinkSafeModule,
+            SafetyDataModule,
+            args=args,
+            run=run,
+            save_config_kwargs={"overwrite": True},
+        )
+    finally:
+        sys.argv = argv0
 
 
 def _plain(cfg) -> Any:
@@ -69,7 +73,7 @@ def _plain(cfg) -> Any:
         return [_plain(v) for v in cfg]
     if isinstance(cfg, (str, int, float, bool)) or cfg is None:
         return cfg
-    return repr(cfg)
+    return str(cfg)
 
 
 def generate(args: list[str]) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thinksafe.data.records import SUFFIXES, Record, read_records
+from thinksafe.data.records import SUFFIXES, Record, read_records, require_columns
 from thinksafe.errors import UserError
 
 LABELS = ("vanilla_harmful", "adversarial_harmful", "vanilla_benign", "adversarial_benign")
@@ -103,6 +103,8 @@ def load_source(source: PromptSource) -> list[PromptRow]:
     p = Path(source.path)
     is_file_like = p.suffix.lower() in SUFFIXES or p.exists() or not _HUB_ID.match(source.path)
     records = read_records(p) if is_file_like else _load_hub(source)
+    if p.suffix.lower() in (".csv", ".parquet"):
+        require_columns(records, ("instruction", "label"), "prompt sets (SafeChain schema)")
     rows = [_validate(r) for r in records]
     if source.limit is not None and source.limit < len(rows):
         keep = sorted(random.Random(source.seed).sample(range(len(rows)), source.limit))

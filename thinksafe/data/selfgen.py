@@ -348,7 +348,7 @@ def print_stats(stats: dict[str, Any], console) -> None:
 
     t = Table(title="self-generated safety set")
     for col in ("label", "prompts", "samples", "format ok", "safe", "kept", "acceptance"):
-        t.add_column(col, justify="right" if col != "label" else "left")
+        t.add_column(col, justify="right" if col != "label" else "left", no_wrap=True)
     for label, d in stats["per_label"].items():
         t.add_row(label, str(d["prompts"]), str(d["samples"]), str(d["format_ok"]), str(d["safe"]),
                   str(d["kept"]), f"{d['acceptance_rate']:.1%}")

@@ -35,6 +35,8 @@ def _worker(conn, engine_kwargs: dict[str, Any]) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         if os.getppid() == 1:  # the parent died before prctl took effect
             _kill_group()
+    # vLLM reads its log level at import; INFO lines from every engine would bury thinksafe's own output
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     try:
         from vllm import LLM
 

@@ -1,0 +1,179 @@
+"""The self-generated safety set end to end: real vLLM on the CPU, real templates, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from thinksafe.data.jsonl_log import read_jsonl
+from thinksafe.data.prompts import load_prompts
+from thinksafe.data.selfgen import build_selfgen
+from thinksafe.errors import UserError
+from thinksafe.guards import OfflineJudge
+from thinksafe.sampling import SamplingConfig, TransformersSampler
+from thinksafe.sampling.steering import PAPER_TEMPLATE
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ROOT / "data" / "debug_prompts.jsonl"
+SAMPLE_FIELDS = {"prompt", "label", "harmful", "sent_prompt", "response", "sample_index", "format_ok", "guard",
+                 "guard_verdict", "guard_score", "kept", "reject_reason"}
+
+
+def run(out, model, sampler, n=2, fmt="auto", **kw):
+    return build_selfgen(
+        output_dir=out, model=str(model), prompts=load_prompts(str(PROMPTS)), sampler=sampler, guard=OfflineJudge(),
+        sampling=SamplingConfig(n=n, max_tokens=kw.pop("max_tokens", 24), seed=kw.pop("seed", 0)),
+        steering_template=PAPER_TEMPLATE, reasoning_format=fmt, chunk_size=kw.pop("chunk_size", 5), **kw,
+    )
+
+
+def check_contract(out: Path, n: int) -> list[dict]:
+    prompts = load_prompts(str(PROMPTS))
+    rows = read_jsonl(out / "samples.jsonl")
+    assert len(rows) == len(prompts) * n
+    assert sorted((r["prompt_index"], r["sample_index"]) for r in rows) == [
+        (i, j) for i in range(len(prompts)) for j in range(n)
+    ]
+    for r in rows:
+        assert SAMPLE_FIELDS <= set(r)
+        p = prompts[r["prompt_index"]]
+        assert r["prompt"] == p.instruction  # the training row keeps the original prompt
+        if p.harmful:
+            assert r["sent_prompt"] == PAPER_TEMPLATE.replace("{prompt}", p.instruction)
+        else:
+            assert r["sent_prompt"] == p.instruction
+        assert r["kept"] == (r["format_ok"] and r["guard_verdict"] == "safe")
+        assert r["kept"] or r["reject_reason"]
+        if not r["format_ok"]:
+            assert r["guard_verdict"] is None and r["reject_reason"].startswith("format:")
+    stats = json.loads((out / "stats.json").read_text())
+    for label, d in stats["per_label"].items():
+        mine = [r for r in rows if r["label"] == label]
+        assert d["samples"] == len(mine) and d["kept"] == sum(r["kept"] for r in mine)
+        assert d["format_ok"] == sum(r["format_ok"] for r in mine)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["sampling"]["n"] == n and manifest["versions"]["transformers"]
+    return rows
+
+
+@pytest.mark.slow
+def test_qwen3_template_with_real_vllm(tiny_qwen3, vllm_sampler, tmp_path):
+    res = run(tmp_path / "q", tiny_qwen3, vllm_sampler)
+    rows = check_contract(res.output_dir, 2)
+    manifest = json.loads((res.output_dir / "manifest.json").read_text())
+    assert manifest["settings"]["reasoning_format"] == "qwen3"
+    assert manifest["settings"]["chat_template_kwargs"] == {"enable_thinking": True}
+    # a random model never closes a think block: everything is rejected with its reason, nothing kept
+    assert not any(r["kept"] for r in rows)
+    assert {r["reject_reason"].split(" (")[0] for r in rows} <= {"format: no think block", "format: unclosed think block",
+                                                                 "format: empty response"}
+    assert res.stats["data_starved"]
+    # samples of one prompt differ (each sample has its own seed)
+    first = [r["response"] for r in rows if r["prompt_index"] == 0]
+    assert first[0] != first[1]
+
+
+@pytest.mark.slow
+def test_plain_format_keeps_what_the_guard_passes_and_reuses_finished_dir(tiny_qwen3, vllm_sampler, tmp_path, capsys):
+    out = tmp_path / "p"
+    res = run(out, tiny_qwen3, vllm_sampler, fmt="plain")
+    rows = check_contract(out, 2)
+    benign = [r for r in rows if not r["harmful"]]
+    assert benign and all(r["kept"] for r in benign if r["format_ok"])
+    assert all(not r["kept"] for r in rows if r["harmful"])  # a random model never refuses
+    assert res.stats["data_starved"] and "DATA-STARVED" in res.stats["data_starved_message"]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    again = run(out, tiny_qwen3, vllm_sampler, fmt="plain")
+    assert again.reused and {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # other settings: refused without touching anything, unless asked to start over
+    with pytest.raises(UserError, match="different settings"):
+        run(out, tiny_qwen3, vllm_sampler, fmt="plain", seed=1)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    fresh = run(out, tiny_qwen3, vllm_sampler, fmt="plain", seed=1, overwrite=True)
+    assert not fresh.reused and json.loads((out / "manifest.json").read_text())["settings"]["sampling"]["seed"] == 1
+
+
+@pytest.mark.slow
+def test_r1_template_restores_the_opening_tag(tiny_r1, vllm_sampler, tmp_path):
+    res = run(tmp_path / "r", tiny_r1, vllm_sampler, n=1)
+    rows = check_contract(res.output_dir, 1)
+    assert json.loads((res.output_dir / "manifest.json").read_text())["settings"]["reasoning_format"] == "r1"
+    assert all(r["response"].startswith("<think>\n") for r in rows)
+    assert all(not r["format_ok"] for r in rows)  # random text never closes the block
+
+
+def test_foreign_directory_is_refused_untouched(tiny_qwen3, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not empty and holds no manifest.json"):
+        run(out, tiny_qwen3, TransformersSampler())
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+GENERATE_RECIPE = {
+    "model": {"name_or_path": None},
+    "data": {
+        "prompts": str(PROMPTS),
+        "output_dir": None,
+        "chunk_size": 1,
+        "reasoning_format": "plain",
+        "sampler": {"class_path": "thinksafe.sampling.TransformersSampler"},
+        "guard": {"class_path": "thinksafe.guards.OfflineJudge"},
+        "sampling": {"n": 2, "max_tokens": 40, "seed": 3},
+    },
+    "trainer": {"accelerator": "cpu", "logger": False},
+}
+
+
+def _recipe(tmp_path, model, out):
+    r = json.loads(json.dumps(GENERATE_RECIPE))
+    r["model"]["name_or_path"] = str(model)
+    r["data"]["output_dir"] = str(out)
+    path = tmp_path / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(r))
+    return path
+
+
+def _generate(recipe, **popen):
+    return subprocess.Popen([sys.executable, "-m", "thinksafe.cli", "generate", "--recipe", str(recipe)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, **popen)
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_loses_and_duplicates_nothing(tiny_qwen3, tmp_path):
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    proc = _generate(_recipe(tmp_path, tiny_qwen3, killed))
+    sampled = killed / "sampled.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not sampled.exists() or len(sampled.read_bytes().splitlines()) < 6):
+        assert proc.poll() is None, proc.stdout.read().decode()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = sampled.read_bytes()
+    assert not (killed / "stats.json").exists()
+    out = subprocess.run([sys.executable, "-m", "thinksafe.cli", "generate", "--recipe", str(_recipe(tmp_path, tiny_qwen3, killed))],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming" in out.stderr
+    after = sampled.read_bytes()
+    complete = before[: before.rfind(b"\n") + 1]
+    # whole prompt groups written before the kill are kept byte for byte
+    kept_lines = [l for l in complete.splitlines()]
+    assert after.startswith(b"\n".join(kept_lines[: len(kept_lines) - len(kept_lines) % 2]))
+    rows = check_contract(killed, 2)
+    done = subprocess.run([sys.executable, "-m", "thinksafe.cli", "generate", "--recipe", str(_recipe(tmp_path, tiny_qwen3, clean))],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # per-prompt seeds: the resumed run holds exactly what an uninterrupted one does
+    strip = lambda rs: [{k: v for k, v in r.items()} for r in rs]
+    assert strip(rows) == strip(read_jsonl(clean / "samples.jsonl"))
