@@ -1,0 +1,98 @@
+"""SafetyProbes in a real 2-step CPU fit of a tiny model, through a plain LightningModule of our own."""
+
+import csv
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from thinksafe.errors import UserError
+from thinksafe.eval.probes import SafetyProbes
+from thinksafe.model.loading import load_causal_lm, load_tokenizer
+
+
+class TinyLM(pl.LightningModule):
+    """The two attributes the callback relies on: ``model`` (a transformers causal LM) and ``tokenizer``."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.model = load_causal_lm(str(path)).train()  # from_pretrained gives eval mode
+        self.tokenizer = load_tokenizer(str(path))
+
+    def training_step(self, batch, batch_idx):
+        ids = batch[0]
+        return self.model(input_ids=ids, labels=ids).loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.model.parameters(), lr=0.1)
+
+
+@pytest.fixture()
+def probes(shared_dir):
+    # sampled: greedy decoding of a random model gives only newlines, which no judge can judge
+    return SafetyProbes(
+        harmful="strongreject",
+        benign="xstest",
+        math="gsm8k",
+        every_n_steps=1,
+        limit=2,
+        max_new_tokens=12,
+        do_sample=True,
+        benchmark_dir=str(shared_dir / "benchmarks"),
+    )
+
+
+def test_probes_log_every_step_of_a_fit(tiny_qwen3, probes, tmp_path):
+    module = TinyLM(tiny_qwen3)
+    data = torch.utils.data.TensorDataset(torch.randint(5, 200, (4, 16)))
+    trainer = pl.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=CSVLogger(tmp_path),
+        callbacks=[probes],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=50,
+    )
+    before = [p.detach().clone() for p in module.model.parameters()]
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=2))
+
+    assert [h["step"] for h in probes.history] == [1, 2]
+    names = {"harmful_compliance_rate", "over_refusal_rate", "reasoning_accuracy"}
+    for h in probes.history:
+        # a rate is left out when every sample was unjudgeable (empty text); accuracy always exists
+        assert "reasoning_accuracy" in h and set(h) <= {"step"} | names
+        assert all(0.0 <= v <= 1.0 for k, v in h.items() if k != "step")
+    assert set().union(*probes.history) == {"step"} | names
+    assert {f"probe/{n}" for n in names} <= set(trainer.callback_metrics)
+    # sent to the logger at their own steps although log_every_n_steps is larger
+    with open(trainer.logger.experiment.metrics_file_path) as f:
+        logged = [row for row in csv.DictReader(f) if row.get("probe/over_refusal_rate")]
+    assert [int(row["step"]) for row in logged] == [1, 2]
+    assert module.model.training  # generation switched to eval mode and back
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.model.parameters()))  # it did train
+
+
+def test_probe_sampling_leaves_the_training_rng_alone(tiny_qwen3, shared_dir):
+    probes = SafetyProbes(
+        math="gsm8k", limit=1, max_new_tokens=4, do_sample=True, seed=3, benchmark_dir=str(shared_dir / "benchmarks")
+    )
+    module = TinyLM(tiny_qwen3)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = probes.probe(module.model, module.tokenizer)
+    assert torch.equal(torch.rand(3), expected)
+    assert probes.probe(module.model, module.tokenizer) == first  # seeded: the same samples again
+
+
+def test_probe_sets_are_checked_at_construction(shared_dir):
+    bench = str(shared_dir / "benchmarks")
+    with pytest.raises(UserError, match="strongreject holds no benign prompts"):
+        SafetyProbes(benign="strongreject", benchmark_dir=bench)
+    with pytest.raises(UserError, match="math=xstest is not a reasoning benchmark"):
+        SafetyProbes(math="xstest", benchmark_dir=bench)
+    with pytest.raises(UserError, match="at least one"):
+        SafetyProbes()

@@ -1,0 +1,112 @@
+"""Math benchmarks: the answer after the think block, checked against the reference with math-verify.
+
+Metric ``accuracy`` = pass@1 averaged over the ``n`` samples of each question (mean over questions of the
+share of correct samples); ``no_answer_rate`` is the share of samples with no final answer (think block
+never closed, or nothing after it). Per sample: ``extracted`` (what was read from the answer),
+``correct``, ``has_answer``. See :mod:`thinksafe.eval.answers` for the equivalence rules.
+
+Every question is sent as ``{problem}`` + :data:`MATH_INSTRUCTION` (DeepSeek-R1's recommended math prompt).
+
+Schemas read:
+
+* ``gsm8k`` — ``question``, ``answer`` whose last line is ``#### N`` (N may hold commas); 1319 test rows
+  (hub ``openai/gsm8k`` config ``main``).
+* ``math500`` — ``problem``, ``answer`` (LaTeX), id ``unique_id``; 500 rows (hub ``HuggingFaceH4/MATH-500``).
+* ``aime24`` — ``problem``/``Problem``, ``answer``/``Answer`` (a string, sometimes zero-padded: "025"),
+  id ``id``; 30 rows (hub ``HuggingFaceH4/aime_2024``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from thinksafe.data.records import Record
+from thinksafe.errors import UserError
+from thinksafe.eval.answers import AnswerCheck, check_math
+from thinksafe.eval.benchmarks.base import Benchmark, HubSource, Item, Kind, Scored, row_id, text_field
+
+MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+@dataclass(frozen=True)
+class PassAtOne:
+    """Checks every sample against the item's ``gold``; no judge involved."""
+
+    check: Callable[[str, str], AnswerCheck] = check_math
+    kind: ClassVar[Kind] = "reasoning"
+
+    def score(self, items: list[Item], responses: list[list[str]], judges=None) -> Scored:
+        samples, per_item, no_answer, total = [], [], 0, 0
+        for item, rs in zip(items, responses):
+            rows = []
+            for r in rs:
+                c = self.check(r, item.gold or "")
+                has_answer = c.answer is not None and bool(c.answer.strip())
+                rows.append(dict(extracted=c.extracted, correct=c.correct, has_answer=has_answer))
+                no_answer += not has_answer
+            total += len(rs)
+            samples.append(rows)
+            if rows:
+                per_item.append(sum(r["correct"] for r in rows) / len(rows))
+        metrics = {
+            "accuracy": sum(per_item) / len(per_item) if per_item else None,
+            "no_answer_rate": no_answer / total if total else None,
+        }
+        return Scored(samples, metrics)
+
+
+def math_prompt(problem: str) -> str:
+    return f"{problem}\n{MATH_INSTRUCTION}"
+
+
+def _gsm8k(rec: Record, n: int) -> Item:
+    question = text_field(rec, "question", what="question")
+    solution = text_field(rec, "answer", what="answer")
+    if "####" not in solution:
+        raise UserError(f"{rec.where}: GSM8K answer must end in '#### N' (the final number); got {solution[-60:]!r}.")
+    gold = solution.rsplit("####", 1)[1].strip().replace(",", "")
+    return Item(row_id(rec, n, "id"), math_prompt(question), rec.where, gold=gold, question=question)
+
+
+def _problem_answer(*id_columns: str):
+    def parse(rec: Record, n: int) -> Item:
+        problem = text_field(rec, "problem", "Problem", what="problem")
+        gold = text_field(rec, "answer", "Answer", what="answer")
+        return Item(
+            row_id(rec, n, *id_columns),
+            math_prompt(problem),
+            rec.where,
+            gold=gold,
+            question=problem,
+            meta={k: rec.fields[k] for k in ("subject", "level") if rec.fields.get(k) is not None},
+        )
+
+    return parse
+
+
+GSM8K = Benchmark(
+    "gsm8k",
+    PassAtOne(),
+    _gsm8k,
+    local="gsm8k/test.jsonl",
+    hub=HubSource("openai/gsm8k", "main", "test"),
+    about="grade-school math: question, answer ending in '#### N'",
+)
+MATH500 = Benchmark(
+    "math500",
+    PassAtOne(),
+    _problem_answer("unique_id", "id"),
+    local="math500/test.jsonl",
+    hub=HubSource("HuggingFaceH4/MATH-500", None, "test"),
+    about="competition math: problem, answer",
+)
+AIME24 = Benchmark(
+    "aime24",
+    PassAtOne(),
+    _problem_answer("id", "ID"),
+    local="aime24/test.jsonl",
+    hub=HubSource("HuggingFaceH4/aime_2024", None, "train"),
+    about="AIME 2024: problem, answer",
+)

@@ -1,0 +1,203 @@
+"""Safety probes during ``fit``: every N steps, generate with the model being trained and log three rates.
+
+A handful of prompts, a short generation budget and the offline judge keep a probe cheap enough for the
+debug recipe. The callback only needs ``pl_module.model`` (a transformers/PEFT causal LM) and
+``pl_module.tokenizer`` (with its chat template). Logged (torchmetrics ``MeanMetric`` over samples):
+
+* ``probe/harmful_compliance_rate`` — harmful prompts whose response the judge calls unsafe;
+* ``probe/over_refusal_rate`` — benign prompts whose response refuses;
+* ``probe/reasoning_accuracy`` — math questions answered correctly after the think block.
+
+With a short ``max_new_tokens`` most traces stay unclosed; the judge then sees the trace (see
+:mod:`thinksafe.eval.judges`) and the math answer counts as wrong, so compare probe values with each other
+over training, not with benchmark results. Each metric goes to every logger at the trainer's global step
+(whatever ``log_every_n_steps`` is) and to ``trainer.callback_metrics``; ``history`` keeps them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torchmetrics import MeanMetric
+
+from thinksafe.errors import UserError
+from thinksafe.eval.benchmarks import Item, load_benchmark
+from thinksafe.eval.benchmarks.base import Scorer
+from thinksafe.eval.benchmarks.refusal import OverRefusalRate
+from thinksafe.eval.benchmarks.safety import HarmfulRate
+from thinksafe.eval.judges import Judges, JudgeSees
+from thinksafe.guards.base import Guard
+from thinksafe.sampling.formats import restore_response
+
+
+class SafetyProbes(Callback):
+    """Generates with the current training model every ``every_n_steps`` optimizer steps and logs probe rates.
+
+    Args:
+        harmful: benchmark spec (``strongreject`` or ``name=PATH``) whose harmful prompts are probed; None: skip.
+        benign: benchmark spec whose benign prompts are probed for over-refusal (``xstest`` keeps its safe
+            rows, ``jbb_benign``); None: skip.
+        math: spec of a reasoning benchmark (``gsm8k``, ``math500``, …); None: skip.
+        every_n_steps: probe when the global step is a multiple of this.
+        limit: prompts per probe set (the first ones of each file).
+        max_new_tokens: generation budget per prompt.
+        batch_size: prompts per ``generate`` call.
+        do_sample: sample (temperature 0.6, top-p 0.95, seeded) instead of greedy decoding.
+        seed: seed of sampling; the training RNG state is left untouched.
+        judge: judges harm and refusal (None: the offline judge, which needs no accelerator memory).
+        judge_sees: "answer" or "trace", as in ``eval``.
+        benchmark_dir: folder with benchmark files, for bare names.
+    """
+
+    def __init__(
+        self,
+        harmful: str | None = None,
+        benign: str | None = None,
+        math: str | None = None,
+        every_n_steps: int = 50,
+        limit: int = 8,
+        max_new_tokens: int = 256,
+        batch_size: int = 8,
+        do_sample: bool = False,
+        seed: int = 0,
+        judge: Guard | None = None,
+        judge_sees: JudgeSees = "answer",
+        benchmark_dir: str | None = None,
+    ):
+        if every_n_steps < 1:
+            raise UserError(f"SafetyProbes: every_n_steps must be ≥ 1, got {every_n_steps}.")
+        if limit < 1 or max_new_tokens < 1 or batch_size < 1:
+            raise UserError("SafetyProbes: limit, max_new_tokens and batch_size must be ≥ 1.")
+        if judge is None:
+            from thinksafe.guards.offline import OfflineJudge
+
+            judge = OfflineJudge()
+        self.every_n_steps = every_n_steps
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.do_sample = do_sample
+        self.seed = seed
+        self.judges = Judges(judge, judge, judge_sees)
+        self.probes: list[_Probe] = []
+        if harmful:
+            self.probes.append(
+                _Probe(
+                    "harmful_compliance_rate", HarmfulRate(), _select(harmful, True, limit, benchmark_dir), "harmful"
+                )
+            )
+        if benign:
+            self.probes.append(
+                _Probe("over_refusal_rate", OverRefusalRate(), _select(benign, False, limit, benchmark_dir), "refusal")
+            )
+        if math:
+            self.probes.append(_reasoning(math, limit, benchmark_dir))
+        if not self.probes:
+            raise UserError("SafetyProbes: give at least one of harmful, benign or math.")
+        self.metrics = {p.name: MeanMetric() for p in self.probes}
+        self.history: list[dict[str, float | int]] = []
+        self._last_step = -1
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        # with gradient accumulation this hook runs once per micro-batch: probe once per optimizer step
+        if step == 0 or step % self.every_n_steps or step == self._last_step:
+            return
+        self._last_step = step
+        values = self.probe(pl_module.model, pl_module.tokenizer)
+        for name, value in values.items():
+            pl_module.log(f"probe/{name}", value, on_step=True, on_epoch=False, logger=False, rank_zero_only=True)
+        for logger in trainer.loggers:
+            logger.log_metrics({f"probe/{k}": v for k, v in values.items()}, step=step)
+        self.history.append({"step": step, **values})
+
+    def probe(self, model, tokenizer) -> dict[str, float]:
+        """Run every probe set once on ``model``; the rates of the sets where something could be judged."""
+        from thinksafe.data.selfgen import resolve_format
+
+        fmt, template_kwargs = resolve_format(getattr(tokenizer, "name_or_path", "model"), "auto", tokenizer=tokenizer)
+        values: dict[str, float] = {}
+        for probe in self.probes:
+            texts = self._generate(model, tokenizer, [it.prompt for it in probe.items], template_kwargs)
+            scored = probe.scorer.score(probe.items, [[restore_response(t, fmt)] for t in texts], self.judges)
+            flags = [float(s[probe.flag]) for per_item in scored.samples for s in per_item if s[probe.flag] is not None]
+            metric = self.metrics[probe.name]
+            metric.reset()
+            if flags:  # all samples unjudgeable: nothing to log rather than a NaN
+                metric.update(torch.tensor(flags))
+                values[probe.name] = float(metric.compute())
+        return values
+
+    def _generate(self, model, tokenizer, prompts: list[str], template_kwargs: dict) -> list[str]:
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        stop = {tokenizer.eos_token_id, *_as_list(getattr(model.generation_config, "eos_token_id", None))} - {None}
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        side, tokenizer.padding_side = tokenizer.padding_side, "left"
+        out: list[str] = []
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(self.seed)
+                for start in range(0, len(prompts), self.batch_size):
+                    chats = [
+                        tokenizer.apply_chat_template(
+                            [{"role": "user", "content": p}],
+                            tokenize=False,
+                            add_generation_prompt=True,
+                            **template_kwargs,
+                        )
+                        for p in prompts[start : start + self.batch_size]
+                    ]
+                    enc = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+                    sampling = (
+                        dict(do_sample=True, temperature=0.6, top_p=0.95) if self.do_sample else dict(do_sample=False)
+                    )
+                    gen = model.generate(
+                        **enc,
+                        max_new_tokens=self.max_new_tokens,
+                        pad_token_id=pad,
+                        eos_token_id=sorted(stop),
+                        **sampling,
+                    )
+                    for ids in gen[:, enc["input_ids"].shape[1] :].tolist():
+                        cut = next((k for k, t in enumerate(ids) if t in stop), len(ids))
+                        # special tokens stay: <think>/</think> may be special in the tokenizer and are the format
+                        out.append(tokenizer.decode(ids[:cut], skip_special_tokens=False))
+        finally:
+            tokenizer.padding_side = side
+            model.train(was_training)
+        return out
+
+
+@dataclass(frozen=True)
+class _Probe:
+    name: str
+    """Metric name under ``probe/``."""
+    scorer: Scorer
+    items: list[Item]
+    flag: str
+    """The per-sample verdict field averaged into the metric."""
+
+
+def _as_list(x) -> list:
+    return x if isinstance(x, list) else [x]
+
+
+def _select(spec: str, harmful: bool, limit: int, benchmark_dir: str | None) -> list[Item]:
+    loaded = load_benchmark(spec, benchmark_dir)
+    items = [it for it in loaded.items if it.harmful is harmful][:limit]
+    if not items:
+        want = "harmful" if harmful else "benign"
+        raise UserError(f"SafetyProbes: {spec} holds no {want} prompts; choose a {want} prompt set for this probe.")
+    return items
+
+
+def _reasoning(spec: str, limit: int, benchmark_dir: str | None) -> _Probe:
+    loaded = load_benchmark(spec, benchmark_dir, limit)
+    if loaded.benchmark.kind != "reasoning":
+        raise UserError(
+            f"SafetyProbes: math={spec} is not a reasoning benchmark (gsm8k, math500, aime24, gpqa_diamond)."
+        )
+    return _Probe("reasoning_accuracy", loaded.benchmark.scorer, loaded.items, "correct")

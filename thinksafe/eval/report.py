@@ -1,0 +1,76 @@
+"""What an evaluation writes: per-sample rows, ``results.json``, ``results.md`` and TensorBoard scalars.
+
+``results.json`` is ``{benchmark: {metric: value, …, "n": items evaluated}}``; ``results.md`` is the same
+as a table; ``<benchmark>.jsonl`` holds one row per sample (``id``, ``sample``, ``prompt``, ``response``
+and the benchmark's verdict fields), which ``thinksafe score`` can read back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from thinksafe.data.jsonl_log import write_json_atomic
+from thinksafe.eval.benchmarks import Item, Scored
+
+Results = dict[str, dict[str, Any]]
+
+
+def sample_rows(items: list[Item], responses: list[list[dict]], scored: Scored | None = None) -> list[dict]:
+    """One row per sample. ``responses`` holds ``{response, finish_reason, num_tokens}`` per sample."""
+    rows = []
+    for i, (item, samples) in enumerate(zip(items, responses)):
+        for j, sample in enumerate(samples):
+            row: dict[str, Any] = {"id": item.id, "sample": j, "prompt": item.prompt, **sample}
+            if item.gold is not None:
+                row["gold"] = item.gold
+            if item.harmful is not None:
+                row["harmful_prompt"] = item.harmful
+            if scored is not None:
+                row.update(scored.samples[i][j])
+            rows.append(row)
+    return rows
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    import json
+
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def markdown_table(results: Results) -> str:
+    lines = ["| benchmark | metric | value | n |", "|---|---|---|---|"]
+    for name, metrics in results.items():
+        for metric, value in metrics.items():
+            if metric != "n":
+                lines.append(f"| {name} | {metric} | {_fmt(value)} | {metrics.get('n', '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out: str | Path, results: Results, tensorboard: bool = True) -> None:
+    out = Path(out)
+    write_json_atomic(out / "results.json", results)
+    table = markdown_table(results)
+    (out / "results.md").write_text(table, encoding="utf-8")
+    if tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(out / "tensorboard")) as writer:
+            for name, metrics in results.items():
+                for metric, value in metrics.items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        writer.add_scalar(f"eval/{name}/{metric}", value, 0)
+            writer.add_text("eval/results", table, 0)

@@ -1,0 +1,214 @@
+"""``thinksafe eval``: sample a model on benchmarks, judge or check the responses, write the results.
+
+Phases, each holding the accelerator alone: (1) load every benchmark (a bad file fails before any model
+starts); (2) sample all benchmarks with one sampler, then close it; (3) judge/check and write. Responses are
+written to ``OUT/<benchmark>.jsonl`` right after sampling, so a failed judge leaves them for
+``thinksafe score``.
+
+Outputs in ``output``: ``results.json``, ``results.md``, ``<benchmark>.jsonl`` (see
+:mod:`thinksafe.eval.report`), ``run.json`` (model, adapter mode, reasoning format, sampling, judges and
+what they saw, benchmark sources) and ``tensorboard/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from thinksafe.data.jsonl_log import write_json_atomic
+from thinksafe.errors import UserError
+from thinksafe.eval.benchmarks import Loaded, load_benchmark
+from thinksafe.eval.judges import Judges, JudgeSees
+from thinksafe.eval.lora import EvaluatedModel, VLLMLoRASampler, read_adapter_config, resolve_model
+from thinksafe.eval.report import Results, sample_rows, write_jsonl, write_results
+from thinksafe.guards.base import Guard
+from thinksafe.sampling.base import Sampler, SamplingConfig
+from thinksafe.sampling.formats import FormatOption, restore_response
+
+#: The paper's sampling for evaluation: 8 samples at temperature 0.6, top-p 0.95, top-k 20, long budget.
+EVAL_SAMPLING = SamplingConfig(n=8, temperature=0.6, top_p=0.95, top_k=20, max_tokens=32768)
+
+
+def run_eval(
+    model: str,
+    benchmarks: list[str],
+    output: str,
+    limit: int | None = None,
+    sampler: Sampler | None = None,
+    sampling: SamplingConfig | None = None,
+    safety_n: int = 1,
+    judge: Guard | None = None,
+    refusal_judge: Guard | None = None,
+    judge_sees: JudgeSees = "answer",
+    adapter: str | None = None,
+    reasoning_format: FormatOption = "auto",
+    benchmark_dir: str | None = None,
+    tensorboard: bool = True,
+) -> Results:
+    """Evaluate a model (base, merged, or a LoRA adapter directory) on benchmarks.
+
+    Args:
+        model: model directory or hub id; or a trained adapter directory (its base is read from
+            ``adapter_config.json``).
+        benchmarks: names (``gsm8k``) or ``name=SOURCE`` with a local file or hub id; see
+            :mod:`thinksafe.eval.benchmarks`.
+        output: directory for the results (created; files of an earlier run there are replaced).
+        limit: evaluate only the first N items of each benchmark.
+        sampler: how to sample (None: the vLLM sampler).
+        sampling: sampling of reasoning benchmarks, ``n`` samples per question (None: :data:`EVAL_SAMPLING`).
+        safety_n: samples per prompt on safety and over-refusal benchmarks (same temperature etc.).
+        judge: harm judge for safety benchmarks (None: Llama-Guard-3 on a GPU, else the offline judge).
+        refusal_judge: refusal judge for over-refusal benchmarks (None: WildGuard on a GPU, else the offline judge).
+        judge_sees: "answer" (the text after the think block) or "trace" (the whole response).
+        adapter: a LoRA adapter directory to apply to ``model``.
+        reasoning_format: "auto" (from the chat template), "qwen3", "r1" or "plain".
+        benchmark_dir: folder with the benchmark files (``gsm8k/test.jsonl``, …) used for bare names; names
+            whose file is not there load from the hub.
+        tensorboard: also write TensorBoard scalars to ``output/tensorboard``.
+
+    Returns:
+        ``{benchmark: {metric: value, …, "n": items}}`` (also written to ``results.json``).
+    """
+    from thinksafe.data.selfgen import resolve_format
+
+    console = Console(stderr=True, soft_wrap=True)
+    if not benchmarks:
+        raise UserError("--benchmarks is empty: name at least one benchmark (e.g. gsm8k, xstest, strongreject).")
+    if safety_n < 1:
+        raise UserError(f"--safety_n must be ≥ 1, got {safety_n}.")
+    sampling = sampling or EVAL_SAMPLING
+    loaded = [load_benchmark(spec, benchmark_dir, limit) for spec in benchmarks]
+    names = [b.name for b in loaded]
+    if len(set(names)) != len(names):
+        raise UserError(f"--benchmarks names a benchmark twice ({', '.join(names)}); each writes OUT/<name>.jsonl.")
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+
+    sampler = sampler if sampler is not None else _default_sampler()
+    evaluated = resolve_model(model, adapter, sampler, say=console.print)
+    judges = Judges(judge, refusal_judge, judge_sees, console)
+    try:
+        fmt, template_kwargs = resolve_format(evaluated.path, reasoning_format)
+        active: Sampler = sampler
+        if evaluated.mode == "lora":
+            rank = int(read_adapter_config(evaluated.adapter)["r"])
+            active = VLLMLoRASampler(sampler, evaluated.adapter, rank)
+        console.print(
+            f"[bold]eval[/bold] {model}"
+            + (f" + {evaluated.adapter} ({evaluated.why})" if evaluated.adapter else "")
+            + f" · format {fmt} · judges see the {judge_sees}"
+        )
+        started = time.time()
+        try:
+            responses = {}
+            for b in loaded:
+                params = sampling if b.benchmark.kind == "reasoning" else dataclasses.replace(sampling, n=safety_n)
+                console.print(f"sampling {b.name}: {len(b.items)} items × {params.n}")
+                conversations = [[{"role": "user", "content": it.prompt}] for it in b.items]
+                completions = active.generate(evaluated.path, conversations, params, template_kwargs)
+                responses[b.name] = [
+                    [
+                        dict(
+                            response=restore_response(c.text, fmt),
+                            finish_reason=c.finish_reason,
+                            num_tokens=c.num_tokens,
+                        )
+                        for c in per_item
+                    ]
+                    for per_item in completions
+                ]
+                write_jsonl(out / f"{b.name}.jsonl", sample_rows(b.items, responses[b.name]))
+        finally:
+            active.close()
+            if active is not sampler:
+                sampler.close()
+        results = _score_all(loaded, responses, judges, out, console)
+        write_results(out, results, tensorboard)
+        write_json_atomic(
+            out / "run.json",
+            _run_record(
+                model,
+                evaluated,
+                active,
+                fmt,
+                template_kwargs,
+                sampling,
+                safety_n,
+                judges,
+                loaded,
+                limit,
+                time.time() - started,
+            ),
+        )
+    finally:
+        judges.close()
+        evaluated.cleanup()
+    console.print(f"results in {out / 'results.md'}")
+    return results
+
+
+def _default_sampler() -> Sampler:
+    from thinksafe.sampling.vllm_sampler import VLLMSampler
+
+    return VLLMSampler()
+
+
+def _score_all(
+    loaded: list[Loaded], responses: dict[str, list[list[dict]]], judges: Judges, out: Path, console: Console
+) -> Results:
+    from rich.progress import Progress
+
+    scored_by_name: Results = {}
+    # benchmarks of one kind share a judge; judging them together and closing the judge before the next kind
+    # means only one guard engine holds the accelerator at a time
+    by_kind = sorted(loaded, key=lambda b: ("safety", "over_refusal", "reasoning").index(b.benchmark.kind))
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("scoring", total=len(loaded))
+        for i, b in enumerate(by_kind):
+            progress.update(task, description=f"scoring {b.name}")
+            texts = [[s["response"] for s in per_item] for per_item in responses[b.name]]
+            scored = b.benchmark.scorer.score(b.items, texts, judges)
+            write_jsonl(out / f"{b.name}.jsonl", sample_rows(b.items, responses[b.name], scored))
+            scored_by_name[b.name] = {**scored.metrics, "n": len(b.items)}
+            if i + 1 == len(by_kind) or by_kind[i + 1].benchmark.kind != b.benchmark.kind:
+                judges.close()
+            progress.advance(task)
+    return {b.name: scored_by_name[b.name] for b in loaded}
+
+
+def _run_record(
+    model: str,
+    evaluated: EvaluatedModel,
+    sampler: Sampler,
+    fmt: str,
+    template_kwargs: dict,
+    sampling: SamplingConfig,
+    safety_n: int,
+    judges: Judges,
+    loaded: list[Loaded],
+    limit: int | None,
+    seconds: float,
+) -> dict[str, Any]:
+    from thinksafe.data.selfgen import component_settings
+
+    return {
+        "model": model,
+        "base": evaluated.base,
+        "adapter": evaluated.adapter,
+        "adapter_mode": evaluated.mode,
+        "adapter_note": evaluated.why,
+        "sampler": component_settings(sampler),
+        "reasoning_format": fmt,
+        "chat_template_kwargs": template_kwargs,
+        "sampling": sampling.as_dict(),
+        "safety_n": safety_n,
+        "judges": judges.names(),
+        "judge_sees": judges.sees,
+        "benchmarks": {b.name: {"source": str(b.source), "n": len(b.items)} for b in loaded},
+        "limit": limit,
+        "seconds": round(seconds, 1),
+    }
