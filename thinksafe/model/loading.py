@@ -56,3 +56,35 @@ def load_causal_lm(name_or_path: str, dtype: str = "auto", device: str = "cpu", 
             "config.json and weights, a .gguf file, or a hub id reachable from this machine."
         ) from None
     return model.to(device)
+
+
+def hf_dir_for(name_or_path: str) -> str:
+    """A path vLLM can load: hub ids and directories as they are; a .gguf file is converted once into a
+    plain transformers directory (dequantised) under the user's cache, since vLLM's CPU build does not run
+    GGUF kernels."""
+    import hashlib
+    import os
+
+    p = Path(name_or_path)
+    if p.suffix != ".gguf":
+        return name_or_path
+    st = p.stat()
+    key = hashlib.sha256(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "thinksafe" / "gguf" / f"{p.stem}-{key}"
+    done = cache / ".complete"
+    if done.is_file():
+        return str(cache)
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(name_or_path)
+    quantized = load_causal_lm(name_or_path, dtype="float32")
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are dequantised already; the copy is plain
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(quantized.state_dict())
+    cache.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(cache)
+    tok.save_pretrained(cache)
+    done.touch()  # written last: its existence means the conversion completed
+    return str(cache)

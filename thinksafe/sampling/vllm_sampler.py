@@ -68,8 +68,10 @@ class VLLMSampler:
         share = self.gpu_memory_utilization
         if share is None:
             share = 0.3 if vllm_is_cpu_build() else 0.9
+        from thinksafe.model.loading import hf_dir_for
+
         kw: dict[str, Any] = dict(
-            model=model,
+            model=hf_dir_for(model),
             tensor_parallel_size=self.tensor_parallel_size,
             gpu_memory_utilization=share,
             dtype=self.dtype,

@@ -1,0 +1,79 @@
+"""The command line: recipes parse, overrides apply, user errors exit 2 with one paragraph and no traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+
+
+def thinksafe(*args, cwd=ROOT, timeout=600):
+    return subprocess.run([sys.executable, "-m", "thinksafe.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
+def test_every_recipe_parses_and_starts_with_its_command(recipe):
+    text = recipe.read_text()
+    assert text.startswith(f"# thinksafe fit --recipe recipes/{recipe.name}")
+    out = thinksafe("fit", "--recipe", str(recipe), "--print_config")
+    assert out.returncode == 0, out.stderr[-2000:]
+    cfg = yaml.safe_load(out.stdout)
+    assert cfg["model"]["name_or_path"] and cfg["data"]["sampler"]["class_path"]
+
+
+def test_overrides_are_honoured():
+    out = thinksafe("fit", "--recipe=recipes/debug.yaml", "--trainer.max_steps=20", "--model.adapter.r=16",
+                    "--data.sampling.n=3", "--print_config")
+    assert out.returncode == 0, out.stderr[-2000:]
+    cfg = yaml.safe_load(out.stdout)
+    assert cfg["trainer"]["max_steps"] == 20
+    assert cfg["model"]["adapter"]["init_args"]["r"] == 16
+    assert cfg["data"]["sampling"]["n"] == 3
+    assert "model_name_or_path" not in cfg["data"]  # linked from model.name_or_path, not a recipe key
+
+
+def _recipe_with(tmp_path, **data):
+    r = yaml.safe_load((ROOT / "recipes" / "debug.yaml").read_text())
+    r["data"].update(data)
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(r))
+    return p
+
+
+def test_bad_prompt_file_exits_2_with_one_paragraph_and_writes_nothing(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "ok", "label": "vanilla_benign"}\n{"instruction": "x", "label": "nope"}\n')
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "manifest.json").write_text('{"fingerprint": "earlier run"}')
+    recipe = _recipe_with(tmp_path, prompts=str(bad), output_dir=str(out_dir))
+    res = thinksafe("generate", "--recipe", str(recipe))
+    assert res.returncode == 2
+    assert f"{bad}:2: unknown label 'nope'" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert [p.name for p in out_dir.iterdir()] == ["manifest.json"]
+    assert json.loads((out_dir / "manifest.json").read_text()) == {"fingerprint": "earlier run"}
+    dbg = thinksafe("generate", "--recipe", str(recipe), "--debug")
+    assert dbg.returncode == 2 and "Traceback" in dbg.stderr
+
+
+def test_missing_prompt_file_and_unknown_command_exit_2(tmp_path):
+    res = thinksafe("generate", "--recipe", str(_recipe_with(tmp_path, prompts=str(tmp_path / "none.jsonl"))))
+    assert res.returncode == 2 and "none.jsonl: no such file" in res.stderr and "Traceback" not in res.stderr
+    res = thinksafe("frobnicate")
+    assert res.returncode == 2 and "unknown command 'frobnicate'" in res.stderr
+
+
+def test_bad_option_value_exits_2_without_traceback(tmp_path):
+    res = thinksafe("generate", "--recipe", "recipes/debug.yaml", "--data.steering_template=no placeholder")
+    assert res.returncode == 2 and "{prompt}" in res.stderr and "Traceback" not in res.stderr
+    res = thinksafe("fit", "--recipe", "recipes/debug.yaml", "--data.sampling.n=zero")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
