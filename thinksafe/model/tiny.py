@@ -43,6 +43,8 @@ def build_tokenizer(template: TemplateName = "qwen3", vocab_size: int = 600):
     spec = _SPECIAL[template]
     specials = [spec["pad"]] + ([spec["bos"]] if spec["bos"] else []) + [t for t in spec["extra"] if t != spec["pad"]]
     specials = list(dict.fromkeys(specials))
+    think = [t for t in specials if t in ("<think>", "</think>")]
+    specials = [t for t in specials if t not in think]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -58,6 +60,11 @@ def build_tokenizer(template: TemplateName = "qwen3", vocab_size: int = 600):
         pad_token=spec["pad"],
         additional_special_tokens=[t for t in specials if t not in (spec["pad"], spec["bos"], spec["eos"])],
     )
+    # like the real Qwen3/R1 tokenizers: single tokens, but NOT special, so decoding with
+    # skip_special_tokens=True (vLLM's default) keeps the think tags in the text
+    from tokenizers import AddedToken
+
+    fast.add_tokens([AddedToken(t, special=False, normalized=False) for t in think])
     fast.chat_template = (TEMPLATES / ("qwen3.jinja" if template == "qwen3" else "deepseek-r1-distill.jinja")).read_text()
     return fast
 
@@ -77,7 +84,7 @@ def build_tiny_model(
 
     out = Path(out_dir)
     marker = out / "thinksafe_tiny.json"
-    spec = dict(template=template, hidden_size=hidden_size, num_layers=num_layers, seed=seed,
+    spec = dict(builder=2, template=template, hidden_size=hidden_size, num_layers=num_layers, seed=seed,
                 vocab_size=vocab_size, max_position_embeddings=max_position_embeddings)
     if marker.is_file() and json.loads(marker.read_text()) == spec:
         return out
