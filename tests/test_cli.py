@@ -77,3 +77,23 @@ def test_bad_option_value_exits_2_without_traceback(tmp_path):
     assert res.returncode == 2 and "{prompt}" in res.stderr and "Traceback" not in res.stderr
     res = thinksafe("fit", "--recipe", "recipes/debug.yaml", "--data.sampling.n=zero")
     assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+def test_score_command_rescores_saved_responses(tmp_path, shared_dir):
+    import json as _json
+
+    gsm = shared_dir / "benchmarks" / "gsm8k" / "test.jsonl"
+    items = [_json.loads(l) for l in gsm.read_text().splitlines()[:3]]
+    answers = [it["answer"].split("####")[-1].strip() for it in items]
+    saved = tmp_path / "saved.jsonl"
+    saved.write_text("".join(
+        _json.dumps({"prompt": it["question"], "response": f"<think>\nwork\n</think>\n\nThe answer is {a if i < 2 else '-1'}."}) + "\n"
+        for i, (it, a) in enumerate(zip(items, answers))
+    ))
+    res = thinksafe("score", "--benchmark", "gsm8k", "--data", str(gsm), "--responses", str(saved), "--output", str(tmp_path / "out"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = _json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["benchmark"] == "gsm8k" and summary["n"] == 3
+    assert abs(summary["accuracy"] - 2 / 3) < 1e-9
+    rows = [_json.loads(l) for l in (tmp_path / "out" / "scores.jsonl").read_text().splitlines()]
+    assert [r["correct"] for r in rows] == [True, True, False]

