@@ -1,0 +1,142 @@
+"""Existing (prompt, response) sets to train on: ThinkSafe's own output, SafeChain, STAR-1, DirectRefusal.
+
+The format is told by the columns:
+
+* SafeChain and thinksafe's self-generated sets: ``instruction``, ``response`` and ``label`` (or
+  ``prompt_label``), one of ``prompts.LABELS``.
+* STAR-1 (``UCSC-VLAA/STAR-1``): ``question``, ``response``, ``category``, ``source``, ``score``; every prompt is
+  harmful, so rows get ``vanilla_harmful``.
+* DirectRefusal (``TianshengHuang/DirectRefusal``, the Safety-Tax baseline): one ``refusal`` column holding
+  ``Question: … Answer: …``; rows get ``vanilla_harmful`` and the fixed short reasoning
+  ``<think>\\nI should not answer this question!\\n</think>\\n\\n`` before the answer, as ThinkSafe's own code
+  builds them.
+
+Responses are normalised to the full form the trainer expects: SafeChain stores R1 completions without the
+opening ``<think>`` (the R1 template pre-fills it), so a response that closes a think block it never opened gets
+``<think>\\n`` in front; ``</think>`` followed by a single newline gets a second one, the layout Qwen3 and R1
+produce themselves.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from thinksafe.data.prompts import _HUB_ID, LABELS
+from thinksafe.data.records import SUFFIXES, Record, read_records
+from thinksafe.errors import UserError
+from thinksafe.sampling.formats import CLOSE, OPEN
+
+ResponseFormat = Literal["safechain", "star1", "direct_refusal"]
+
+DIRECT_REFUSAL_THINK = f"{OPEN}\nI should not answer this question!\n{CLOSE}\n\n"
+_QUESTION_ANSWER = re.compile(r"Question:\s*(.+?)\s*Answer:\s*(.+)", re.IGNORECASE | re.DOTALL)
+
+
+@dataclass(frozen=True)
+class ResponseRow:
+    """A validated training row. ``where`` points at the source row (``file:line`` or ``hub-id[split]:n``)."""
+
+    prompt: str
+    response: str
+    label: str
+    where: str
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def harmful(self) -> bool:
+        return "harmful" in self.label
+
+
+def detect_format(fields: dict[str, Any], where: str) -> ResponseFormat:
+    """The response-set format told by a row's columns."""
+    if "refusal" in fields:
+        return "direct_refusal"
+    if "response" in fields and "instruction" in fields:
+        return "safechain"
+    if "response" in fields and "question" in fields:
+        return "star1"
+    have = ", ".join(sorted(fields)) or "(none)"
+    raise UserError(
+        f"{where}: cannot tell the response-set format from the columns ({have}). Expected instruction+response+label "
+        "(SafeChain / thinksafe generate), question+response (STAR-1) or refusal (DirectRefusal)."
+    )
+
+
+def normalize_response(response: str) -> str:
+    """Full-form reasoning response: opening ``<think>`` restored, ``</think>`` followed by a blank line."""
+    if CLOSE in response and OPEN not in response:
+        response = f"{OPEN}\n{response}"
+    return re.sub(rf"{re.escape(CLOSE)}\n(?!\n)", f"{CLOSE}\n\n", response)
+
+
+def _text(rec: Record, key: str) -> str:
+    value = rec.fields.get(key)
+    if value is None:
+        raise UserError(f"{rec.where}: missing field {key!r}.")
+    if not isinstance(value, str):
+        raise UserError(f"{rec.where}: {key!r} must be a string, got {type(value).__name__}.")
+    if not value.strip():
+        raise UserError(f"{rec.where}: {key!r} is empty or whitespace only.")
+    return value
+
+
+def _row(rec: Record, fmt: ResponseFormat) -> ResponseRow:
+    f = rec.fields
+    if fmt == "direct_refusal":
+        match = _QUESTION_ANSWER.search(_text(rec, "refusal"))
+        if match is None:
+            raise UserError(f"{rec.where}: a DirectRefusal 'refusal' field must read 'Question: … Answer: …'.")
+        meta = {k: v for k, v in f.items() if k != "refusal"}
+        return ResponseRow(match.group(1).strip(), DIRECT_REFUSAL_THINK + match.group(2).strip(), "vanilla_harmful",
+                           rec.where, meta)
+    if fmt == "star1":
+        meta = {k: v for k, v in f.items() if k not in ("question", "response")}
+        return ResponseRow(_text(rec, "question"), normalize_response(_text(rec, "response")), "vanilla_harmful",
+                           rec.where, meta)
+    key = "label" if f.get("label") is not None else "prompt_label"
+    label = f.get(key)
+    if label is None:
+        raise UserError(f"{rec.where}: missing field 'label' (SafeChain schema: instruction, response, label).")
+    if label not in LABELS:
+        raise UserError(f"{rec.where}: unknown {key} {label!r}; expected one of {', '.join(LABELS)}.")
+    meta = {k: v for k, v in f.items() if k not in ("instruction", "response", key)}
+    return ResponseRow(_text(rec, "instruction"), normalize_response(_text(rec, "response")), label, rec.where, meta)
+
+
+def _load_hub(source: str, split: str) -> list[Record]:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(source, split=split)
+    except Exception as e:  # offline, unknown id, gated repo, …: all are the user's to fix
+        raise UserError(
+            f"data.responses: cannot load hub dataset {source!r} (split {split!r}): {e}. If it is meant to be a "
+            "local file, check the path; offline, download it first and point to the file."
+        ) from None
+    return [Record(dict(row), f"{source}[{split}]", n) for n, row in enumerate(ds, start=1)]
+
+
+def load_responses(source: str, limit: int | None = None, seed: int = 0, split: str = "train") -> list[ResponseRow]:
+    """Every row of a response set (local .jsonl/.json/.csv/.parquet file or hub dataset id), validated.
+
+    Args:
+        source: a local file or a hub dataset id (``UCSC-VLAA/STAR-1``, ``TianshengHuang/DirectRefusal``, …).
+        limit: keep at most this many rows, drawn without replacement with ``seed`` (None: all).
+        seed: seed of that draw; the same seed keeps the same rows.
+        split: split of a hub dataset (ignored for files).
+    """
+    if limit is not None and limit < 1:
+        raise UserError(f"data.responses: limit for {source} must be ≥ 1 or null, got {limit}.")
+    p = Path(source)
+    is_file_like = p.suffix.lower() in SUFFIXES or p.exists() or not _HUB_ID.match(source)
+    records = read_records(p) if is_file_like else _load_hub(source, split)
+    fmt = detect_format(records[0].fields, records[0].where)
+    rows = [_row(r, fmt) for r in records]
+    if limit is not None and limit < len(rows):
+        keep = sorted(random.Random(seed).sample(range(len(rows)), limit))
+        rows = [rows[i] for i in keep]
+    return rows

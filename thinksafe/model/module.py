@@ -1,0 +1,354 @@
+"""The LightningModule: supervised fine-tuning on self-generated responses, with optional forward-KL on benign rows.
+
+Loss of a micro-batch, with ``S`` its supervised positions (labels != -100, after the causal shift), ``S_b``
+those in benign rows (``batch["harmful"]`` False), ``ce_t`` the token cross-entropy and ``kl_t`` the token
+``KL(initial ‖ current)``::
+
+    loss = ( Σ_{t∈S} ce_t  +  kl_weight · Σ_{t∈S_b} kl_t ) / |S|              (benign_ce=True, the default)
+    loss = ( Σ_{t∈S∖S_b} ce_t  +  kl_weight · Σ_{t∈S_b} kl_t ) / |S|          (benign_ce=False)
+
+i.e. a token-level mean in which harmful rows get cross-entropy and benign rows get cross-entropy plus
+``kl_weight`` times the KL to the initial model (or the KL alone with ``benign_ce=False``, which is what
+ThinkSafe's released trainer does). With ``kl_weight=0`` it is plain SFT and no reference forward runs.
+
+A batch may carry ``loss_scale`` (:mod:`thinksafe.data.batching`): the returned loss is then multiplied by it, so
+that token-budget micro-batches of different sizes add up to the token mean of the whole optimizer step. Logged
+values stay the micro-batch's own token means; micro-batches with ``loss_scale`` 0 (fillers) are not logged.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+
+from thinksafe.data.chat import IGNORE_INDEX
+from thinksafe.data.prompts import LABELS
+from thinksafe.errors import UserError
+from thinksafe.metrics.training import TrainingMetrics
+from thinksafe.model.adapters import Adapter, LoRA, Reference
+from thinksafe.model.kl import ForwardKL, shift_labels, token_cross_entropy
+
+
+def shard_decoder_layers(model: torch.nn.Module, mesh) -> None:
+    """FSDP2: ``fully_shard`` each decoder layer, then the root (embeddings, norm and a tied LM head shard with
+    the root; FSDP1 with a layer wrap policy crashes on tied embeddings)."""
+    from torch.distributed.fsdp import fully_shard
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layer_classes = set(getattr(base, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
+    if not layers:
+        raise UserError(
+            f"cannot shard {type(base).__name__}: it names no decoder-layer class (_no_split_modules). Use the "
+            "single-device or DDP strategy for this model."
+        )
+    # FSDP2 all-gathers one dtype per group: PEFT keeps LoRA weights in float32 beside a bf16 base
+    frozen = [p.dtype for p in model.parameters() if not p.requires_grad]
+    model.to(frozen[0] if frozen else next(model.parameters()).dtype)
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def _float_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: b.detach().cpu().clone() for name, b in model.named_buffers() if b.is_floating_point()}
+
+
+def _restore_buffer_dtypes(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """Put back float buffers that a whole-module cast changed. ``bf16-true`` casts every buffer, and a rotary
+    ``inv_freq`` rounded to bfloat16 scrambles positions in long sequences (vLLM keeps it in float32)."""
+    for name, original in saved.items():
+        owner_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        current = getattr(owner, attr)
+        if current.dtype != original.dtype:
+            setattr(owner, attr, original.to(current.device))
+
+
+class ThinkSafeModule(LightningModule):
+    """Fine-tunes a causal LM on (prompt, response) rows encoded by :class:`thinksafe.data.chat.ChatEncoder`.
+
+    Batches come from :func:`thinksafe.data.chat.collate`. The model is built in :meth:`configure_model` (so
+    strategies can shard it) and exposed as ``self.model`` (a transformers/PEFT model) with ``self.tokenizer``.
+    At the end of fit, rank 0 writes the adapter (``adapter_config.json`` + ``adapter_model.safetensors``) or,
+    for :class:`~thinksafe.model.adapters.FullFineTune`, the whole model, plus the tokenizer, to
+    ``<trainer.log_dir>/adapter/``.
+
+    Args:
+        name_or_path: base model: hub id, local directory or .gguf file.
+        adapter: what to train: ``LoRA`` (default: r=32, alpha=16, dropout=0.05) or ``FullFineTune``.
+        kl_weight: weight of the forward KL to the initial model on benign rows (0: plain SFT).
+        kl_chunk_size: supervised positions per chunk in the loss computation (bounds the float32
+            full-vocabulary memory of the cross-entropy and KL).
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay (on every trainable weight).
+        warmup_ratio: share of the optimizer steps spent in linear warmup before the cosine decay to 0.
+        gradient_checkpointing: recompute decoder activations in backward (less memory, ~30% slower).
+        dtype: weight dtype at load: "auto" (bf16 on CUDA, fp32 on CPU), "bfloat16", "float16", "float32".
+        attn_implementation: transformers attention backend ("sdpa", "flash_attention_2", "eager"); None: default.
+        log_samples_every_n_steps: every N optimizer steps, write one decoded row (prompt, target and the
+            model's teacher-forced argmax) to TensorBoard as text; 0: never.
+        benign_ce: keep the cross-entropy on benign rows when ``kl_weight > 0``; False trains benign rows on
+            the KL term alone (as ThinkSafe's released trainer does).
+    """
+
+    def __init__(
+        self,
+        name_or_path: str,
+        adapter: Adapter | None = None,
+        kl_weight: float = 0.0,
+        kl_chunk_size: int = 1024,
+        lr: float = 1e-5,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.1,
+        gradient_checkpointing: bool = False,
+        dtype: str = "auto",
+        attn_implementation: str | None = None,
+        log_samples_every_n_steps: int = 0,
+        benign_ce: bool = True,
+    ):
+        super().__init__()
+        if isinstance(adapter, dict):  # from a checkpoint's hyperparameters (see below)
+            adapter = Adapter.from_config(adapter)
+        adapter = adapter if adapter is not None else LoRA()
+        if kl_weight < 0:
+            raise UserError(f"model.kl_weight must be ≥ 0, got {kl_weight}.")
+        if not benign_ce and kl_weight == 0:
+            raise UserError("model.benign_ce=false trains benign rows on the KL term alone; it needs kl_weight > 0.")
+        if not 0 <= warmup_ratio < 1:
+            raise UserError(f"model.warmup_ratio must be in [0, 1), got {warmup_ratio}.")
+        if lr <= 0:
+            raise UserError(f"model.lr must be > 0, got {lr}.")
+        if log_samples_every_n_steps < 0:
+            raise UserError(f"model.log_samples_every_n_steps must be ≥ 0, got {log_samples_every_n_steps}.")
+        # the adapter is stored as plain data: Lightning reads checkpoints back with torch.load(weights_only=True)
+        self.save_hyperparameters(ignore=["adapter"])
+        self.hparams["adapter"] = adapter.as_config()
+        self.adapter = adapter
+        self.kl = ForwardKL(kl_chunk_size)
+        self.train_metrics = TrainingMetrics()
+        self.model: torch.nn.Module | None = None
+        self.tokenizer = None
+        self._reference: Reference | None = None
+        self._loaded_buffers: dict[str, torch.Tensor] = {}
+        self._batch_started = 0.0
+        self._batch_sums: torch.Tensor | None = None
+        self._last_sample_step = -1
+        # LoRA checkpoints hold the trainable weights only (see on_save_checkpoint); on_load_checkpoint checks keys
+        self.strict_loading = False
+
+    # ----------------------------------------------------------------------------------------------- model
+    def _target_device(self) -> torch.device:
+        if self._trainer is not None:
+            return self.trainer.strategy.root_device
+        return torch.device("cpu")
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        from thinksafe.model.loading import load_causal_lm, load_tokenizer
+
+        hp = self.hparams
+        target = self._target_device()
+        dtype = hp.dtype if hp.dtype != "auto" else ("bfloat16" if target.type == "cuda" else "float32")
+        mesh = self.device_mesh
+        if mesh is not None and "tensor_parallel" in mesh.mesh_dim_names and mesh["tensor_parallel"].size() > 1:
+            raise UserError(
+                "trainer.strategy: thinksafe shards with FSDP2 only; give ModelParallelStrategy "
+                "data_parallel_size=<number of devices> and tensor_parallel_size=1."
+            )
+        self.tokenizer = load_tokenizer(hp.name_or_path)
+        # sharded models load on CPU: fully_shard moves each rank's shard to its device
+        model = load_causal_lm(hp.name_or_path, dtype=dtype, device="cpu" if mesh is not None else str(target),
+                               attn_implementation=hp.attn_implementation)
+        model.train()  # from_pretrained returns eval mode, which would silence LoRA dropout
+        self._loaded_buffers = _float_buffers(model)
+        if hp.gradient_checkpointing:
+            # non-reentrant: works with frozen inputs (LoRA) and under no_grad (the reference forward)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = self.adapter.apply(model)
+        reference = self.adapter.reference(model) if hp.kl_weight > 0 else None
+        if mesh is not None:
+            dp_mesh = mesh["data_parallel"] if "data_parallel" in mesh.mesh_dim_names else mesh
+            for m in [model, *(reference.frozen_modules() if reference else [])]:
+                shard_decoder_layers(m, dp_mesh)
+        self.model = model
+        self._reference = reference
+
+    def on_fit_start(self) -> None:
+        # after the precision plugin's cast (bf16-true), before the first step
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        _restore_buffer_dtypes(base, self._loaded_buffers)
+        if self._reference is None:
+            return
+        from torch.distributed.tensor import DTensor
+
+        dtype = next(p.dtype for p in self.model.parameters() if p.is_floating_point())
+        for m in self._reference.frozen_modules():
+            if not any(isinstance(p, DTensor) for p in m.parameters()):
+                m.to(device=self.device, dtype=dtype)
+            _restore_buffer_dtypes(m, self._loaded_buffers)
+
+    # ------------------------------------------------------------------------------------------------ loss
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        hp = self.hparams
+        input_ids, attention_mask, harmful = batch["input_ids"], batch["attention_mask"], batch["harmful"]
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        targets = shift_labels(batch["labels"])
+        rows = (targets != IGNORE_INDEX).nonzero()[:, 0]  # batch row of each supervised position, row-major
+        n = rows.numel()
+        if n == 0:
+            raise ValueError("a training batch holds no supervised token; ChatEncoder drops such rows")
+        ce = token_cross_entropy(logits, targets, hp.kl_chunk_size)
+        loss_sum = ce.sum() if hp.benign_ce else (ce * harmful[rows]).sum()
+
+        kl_sum, n_kl = None, 0
+        if hp.kl_weight > 0:
+            benign = (~harmful).nonzero().squeeze(-1)
+            # under FSDP2 every forward all-gathers across ranks, so a rank without benign rows still runs one
+            if benign.numel() or self.device_mesh is not None:
+                ref_rows = benign if benign.numel() else benign.new_zeros(1)
+                ref_logits = self._reference.logits(input_ids[ref_rows], attention_mask[ref_rows])
+                kl_targets = targets.masked_fill(harmful[:, None], IGNORE_INDEX)
+                kl = self.kl.per_token(logits, ref_logits, kl_targets, ref_rows=ref_rows)
+                del ref_logits
+                kl_sum, n_kl = kl.sum(), kl.numel()
+                loss_sum = loss_sum + hp.kl_weight * kl_sum
+        loss = loss_sum / n
+        scaled = loss * batch["loss_scale"] if "loss_scale" in batch else loss
+
+        label_of_token = batch["label_index"][rows]
+        self._batch_sums = self.train_metrics.pack(
+            loss, ce.sum(), n, kl_sum, n_kl,
+            # explicit dtypes: under bf16-true precision the default dtype is bfloat16
+            label_ce_sum=torch.zeros(len(LABELS), dtype=ce.dtype, device=ce.device).index_add_(
+                0, label_of_token, ce.detach()),
+            label_tokens=torch.bincount(label_of_token, minlength=len(LABELS)),
+            processed_tokens=attention_mask.sum(),
+        )
+        if self._trainer is not None and self.trainer.lr_scheduler_configs:
+            self.log("train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True, on_epoch=False)
+        self._log_sample(batch, logits)
+        return scaled
+
+    # --------------------------------------------------------------------------------------------- logging
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._batch_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # measured here, after backward and the optimizer step; step values are this rank's own
+        seconds = time.perf_counter() - self._batch_started
+        if "loss_scale" in batch and float(batch["loss_scale"]) == 0:
+            return  # a filler that only keeps ranks in step
+        self.train_metrics.update(self._batch_sums, seconds)
+        for name, value in self.train_metrics.summarize(self._batch_sums.cpu(), seconds).items():
+            self.log(f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=name == "loss")
+
+    def on_train_epoch_end(self) -> None:
+        # compute() reduces the state over ranks: every rank gets (and logs) the same values; sync_dist then
+        # averages equal numbers, and keeps Lightning from warning that epoch values are not synced
+        values = self.train_metrics.compute()
+        self.train_metrics.reset()
+        for name, value in values.items():
+            self.log(f"train/{name}_epoch", value, on_step=False, on_epoch=True, sync_dist=True)
+
+    def _log_sample(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> None:
+        every = self.hparams.log_samples_every_n_steps
+        step = self.global_step
+        if not every or step % every or step == self._last_sample_step or self._trainer is None:
+            return
+        self._last_sample_step = step
+        experiment = getattr(self.logger, "experiment", None)
+        if not self.trainer.is_global_zero or not hasattr(experiment, "add_text"):
+            return
+        ids, mask, labels = batch["input_ids"][0], batch["attention_mask"][0].bool(), batch["labels"][0]
+        supervised = (labels != IGNORE_INDEX) & mask
+        positions = supervised.nonzero().squeeze(-1)
+        predicted = logits[0].detach().argmax(-1)[(positions - 1).clamp_min(0)]
+
+        def block(token_ids: torch.Tensor) -> str:
+            text = self.tokenizer.decode(token_ids.tolist(), skip_special_tokens=False)
+            return "\n".join("    " + line for line in text.splitlines())
+
+        text = (
+            f"**label**: {LABELS[int(batch['label_index'][0])]}\n\n**prompt**\n\n{block(ids[mask & ~supervised])}\n\n"
+            f"**target**\n\n{block(ids[supervised])}\n\n**teacher-forced argmax**\n\n{block(predicted)}"
+        )
+        experiment.add_text("train/sample", text, global_step=step)
+
+    # ------------------------------------------------------------------------------------------- optimizer
+    def configure_optimizers(self) -> dict[str, Any]:
+        from transformers import get_cosine_schedule_with_warmup
+
+        hp = self.hparams
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise UserError("model.adapter left no trainable parameter.")
+        optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, int(hp.warmup_ratio * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------------ checkpoints/export
+    def _trainable_keys(self) -> set[str]:
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
+    def _has_frozen(self) -> bool:
+        return any(not p.requires_grad for p in self.model.parameters())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a LoRA checkpoint needs the adapter only: the frozen base is reloaded from name_or_path. Sharded
+        # (ModelParallel) checkpoints stay whole: torch.distributed.checkpoint loads every key it is asked for.
+        if self.device_mesh is None and self._has_frozen():
+            keep = self._trainable_keys()
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("state_dict")
+        if saved is None:  # sharded checkpoint: the strategy loads the weights itself
+            return
+        expected = self._trainable_keys() if self._has_frozen() else set(self.state_dict())
+        missing = sorted(expected - saved.keys())
+        unexpected = sorted(saved.keys() - set(self.state_dict()))
+        if missing or unexpected:
+            raise UserError(
+                f"the checkpoint does not match this model/adapter (missing {missing[:3]}…, unexpected "
+                f"{unexpected[:3]}…). Resume with the same model.name_or_path and model.adapter it was made with."
+            )
+
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """What :meth:`save_trained` writes: the trainable weights (LoRA) or every weight (full fine-tuning),
+        gathered whole. Collective under ModelParallelStrategy: call it on every rank; only global rank 0 gets
+        the tensors (moved to CPU)."""
+        from torch.distributed.tensor import DTensor
+
+        keep_all = not self._has_frozen()
+        trainable = {name for name, p in self.model.named_parameters() if p.requires_grad}
+        rank0 = self._trainer is None or self.trainer.is_global_zero
+        out = {}
+        for name, value in self.model.state_dict().items():
+            if keep_all or name in trainable:
+                full = value.full_tensor() if isinstance(value, DTensor) else value
+                if rank0:
+                    out[name] = full.detach().cpu()
+        return out
+
+    def save_trained(self, directory: str | Path) -> Path:
+        """Write the adapter (or full model) and the tokenizer to ``directory`` from global rank 0; every rank must
+        call it (the weights are gathered across ranks first)."""
+        directory = Path(directory)
+        state = self.trained_state_dict()
+        if self._trainer is None or self.trainer.is_global_zero:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.model.save_pretrained(directory, state_dict=state)
+            self.tokenizer.save_pretrained(directory)
+        if self._trainer is not None:
+            self.trainer.strategy.barrier("thinksafe-save-adapter")
+        return directory
+
+    def on_train_end(self) -> None:
+        self.save_trained(Path(self.trainer.log_dir or self.trainer.default_root_dir) / "adapter")
