@@ -8,16 +8,14 @@ its own seed. Every row is validated before anything is written anywhere.
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thinksafe.data.records import SUFFIXES, Record, read_records, require_columns
+from thinksafe.data.records import Record, read_source, require_columns
 from thinksafe.errors import UserError
 
 LABELS = ("vanilla_harmful", "adversarial_harmful", "vanilla_benign", "adversarial_benign")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -70,19 +68,6 @@ def as_sources(prompts: str | PromptSource | list[str | PromptSource] | list[dic
     return out
 
 
-def _load_hub(source: PromptSource) -> list[Record]:
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(source.path, split=source.split)
-    except Exception as e:  # offline, unknown id, gated repo, …: all are the user's to fix
-        raise UserError(
-            f"data.prompts: cannot load hub dataset {source.path!r} (split {source.split!r}): {e}. "
-            "If it is meant to be a local file, check the path; offline, download it first and point to the file."
-        ) from None
-    return [Record(dict(row), f"{source.path}[{source.split}]", n) for n, row in enumerate(ds, start=1)]
-
-
 def _validate(rec: Record) -> PromptRow:
     f = rec.fields
     for key in ("instruction", "label"):
@@ -100,10 +85,8 @@ def _validate(rec: Record) -> PromptRow:
 
 
 def load_source(source: PromptSource) -> list[PromptRow]:
-    p = Path(source.path)
-    is_file_like = p.suffix.lower() in SUFFIXES or p.exists() or not _HUB_ID.match(source.path)
-    records = read_records(p) if is_file_like else _load_hub(source)
-    if p.suffix.lower() in (".csv", ".parquet"):
+    records = read_source(source.path, source.split, "data.prompts")
+    if Path(source.path).suffix.lower() in (".csv", ".parquet"):
         require_columns(records, ("instruction", "label"), "prompt sets (SafeChain schema)")
     rows = [_validate(r) for r in records]
     if source.limit is not None and source.limit < len(rows):

@@ -8,6 +8,7 @@ at fault, its line number.
 from __future__ import annotations
 
 import csv
+import re
 import io
 import json
 from dataclasses import dataclass
@@ -140,3 +141,24 @@ def require_columns(records: list[Record], columns: tuple[str, ...], what: str) 
         raise UserError(
             f"{records[0].path}: {what} need the column(s) {', '.join(missing)}; the file has {have}."
         )
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def read_source(source: str, split: str = "train", option: str = "data") -> list[Record]:
+    """Rows of a local file, or of a hub dataset id (``owner/name``) through ``datasets``. A string that
+    names an existing path or carries a data-file suffix is always a file."""
+    p = Path(source)
+    if p.suffix.lower() in SUFFIXES or p.exists() or not _HUB_ID.match(source):
+        return read_records(p)
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(source, split=split)
+    except Exception as e:  # offline, unknown id, gated repo, …: all are the user's to fix
+        raise UserError(
+            f"{option}: cannot load hub dataset {source!r} (split {split!r}): {e}. If it is meant to be a local "
+            "file, check the path; offline, download it first and point to the file."
+        ) from None
+    return [Record(dict(row), f"{source}[{split}]", n) for n, row in enumerate(ds, start=1)]

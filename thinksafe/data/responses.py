@@ -22,11 +22,10 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-from thinksafe.data.prompts import _HUB_ID, LABELS
-from thinksafe.data.records import SUFFIXES, Record, read_records
+from thinksafe.data.prompts import LABELS
+from thinksafe.data.records import Record, read_source
 from thinksafe.errors import UserError
 from thinksafe.sampling.formats import CLOSE, OPEN
 
@@ -107,19 +106,6 @@ def _row(rec: Record, fmt: ResponseFormat) -> ResponseRow:
     return ResponseRow(_text(rec, "instruction"), normalize_response(_text(rec, "response")), label, rec.where, meta)
 
 
-def _load_hub(source: str, split: str) -> list[Record]:
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(source, split=split)
-    except Exception as e:  # offline, unknown id, gated repo, …: all are the user's to fix
-        raise UserError(
-            f"data.responses: cannot load hub dataset {source!r} (split {split!r}): {e}. If it is meant to be a "
-            "local file, check the path; offline, download it first and point to the file."
-        ) from None
-    return [Record(dict(row), f"{source}[{split}]", n) for n, row in enumerate(ds, start=1)]
-
-
 def load_responses(source: str, limit: int | None = None, seed: int = 0, split: str = "train") -> list[ResponseRow]:
     """Every row of a response set (local .jsonl/.json/.csv/.parquet file or hub dataset id), validated.
 
@@ -131,9 +117,7 @@ def load_responses(source: str, limit: int | None = None, seed: int = 0, split: 
     """
     if limit is not None and limit < 1:
         raise UserError(f"data.responses: limit for {source} must be ≥ 1 or null, got {limit}.")
-    p = Path(source)
-    is_file_like = p.suffix.lower() in SUFFIXES or p.exists() or not _HUB_ID.match(source)
-    records = read_records(p) if is_file_like else _load_hub(source, split)
+    records = read_source(source, split, "data.responses")
     fmt = detect_format(records[0].fields, records[0].where)
     rows = [_row(r, fmt) for r in records]
     if limit is not None and limit < len(rows):
