@@ -51,7 +51,14 @@ class SafetyDataModule(L.LightningDataModule):
         max_length: tokens per training row (prompt + response); longer responses are cut at the end, and
             rows left with no response token are dropped and counted.
         mask_prompt: loss on response tokens only.
-        batch_size: rows per micro-batch.
+        batch_size: rows per micro-batch (when ``max_tokens_per_batch`` is None).
+        max_tokens_per_batch: fill micro-batches with rows of similar length up to this many tokens, padding
+            counted, instead of ``batch_size`` rows (see :mod:`thinksafe.data.batching`); must be ≥ the longest
+            row. None: fixed ``batch_size``.
+        rows_per_step: with ``max_tokens_per_batch``: plan optimizer steps of about this many rows (all ranks
+            together) by setting ``trainer.accumulate_grad_batches``, so the number of steps, and the learning-rate
+            schedule, match a run of that batch size whatever the budget. None: keep the trainer's accumulation.
+        tokens_per_step: the same target in tokens (padding not counted); exclusive with ``rows_per_step``.
         num_workers: DataLoader workers.
         seed: shuffling seed.
         model_name_or_path: the model whose samples are collected (linked to ``model.name_or_path``).
@@ -73,6 +80,9 @@ class SafetyDataModule(L.LightningDataModule):
         max_length: int = 16384,
         mask_prompt: bool = True,
         batch_size: int = 1,
+        max_tokens_per_batch: int | None = None,
+        rows_per_step: int | None = None,
+        tokens_per_step: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
         model_name_or_path: str = "",
@@ -94,6 +104,18 @@ class SafetyDataModule(L.LightningDataModule):
         self.max_length = max_length
         self.mask_prompt = mask_prompt
         self.batch_size = batch_size
+        for name, value in (("max_tokens_per_batch", max_tokens_per_batch), ("rows_per_step", rows_per_step),
+                            ("tokens_per_step", tokens_per_step)):
+            if value is not None and value < 1:
+                raise UserError(f"data.{name} must be ≥ 1, got {value}.")
+        if max_tokens_per_batch is None and (rows_per_step or tokens_per_step):
+            raise UserError("data.rows_per_step / data.tokens_per_step plan steps of token-budget micro-batches: set "
+                            "data.max_tokens_per_batch too (with a fixed batch_size, use trainer.accumulate_grad_batches).")
+        if rows_per_step is not None and tokens_per_step is not None:
+            raise UserError("set data.rows_per_step or data.tokens_per_step, not both.")
+        self.max_tokens_per_batch = max_tokens_per_batch
+        self.rows_per_step = rows_per_step
+        self.tokens_per_step = tokens_per_step
         self.num_workers = num_workers
         self.seed = seed
         self.model_name_or_path = model_name_or_path
@@ -174,6 +196,31 @@ class SafetyDataModule(L.LightningDataModule):
 
         from thinksafe.data.chat import collate
 
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_rows, batch_size=self.batch_size, shuffle=True, generator=g,
-                          num_workers=self.num_workers, collate_fn=partial(collate, pad_id=self.pad_id))
+        if self.max_tokens_per_batch is None:
+            g = torch.Generator().manual_seed(self.seed)
+            return DataLoader(self.train_rows, batch_size=self.batch_size, shuffle=True, generator=g,
+                              num_workers=self.num_workers, collate_fn=partial(collate, pad_id=self.pad_id))
+
+        from lightning.pytorch.utilities import rank_zero_info
+
+        from thinksafe.data.batching import token_budget_loader
+
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
+        # a reload (reload_dataloaders_every_n_epochs) finds the accumulation this method set before
+        planned = self.rows_per_step is not None or self.tokens_per_step is not None
+        if planned and accumulate not in (1, getattr(self, "_accumulation_set", 1)):
+            raise UserError(
+                f"trainer.accumulate_grad_batches={accumulate} conflicts with data.rows_per_step/tokens_per_step, which "
+                "set it from the token budget; leave it at 1."
+            )
+        loader = token_budget_loader(
+            self.train_rows, self.pad_id, self.max_tokens_per_batch, accumulate, self.rows_per_step,
+            self.tokens_per_step, self.seed, rank, world, self.num_workers,
+        )
+        if planned and trainer is not None:
+            # read after this call by Lightning's loop and by estimated_stepping_batches (the LR schedule)
+            trainer.accumulate_grad_batches = self._accumulation_set = loader.sampler.micro_batches_per_step
+        rank_zero_info(f"thinksafe: {loader.sampler.summary().describe()}")
+        return loader

@@ -1,0 +1,329 @@
+"""Training throughput of three batching setups side by side: one process, one model, one data set.
+
+    python bench/train_throughput.py                                       # this CPU, scaled down
+    python bench/train_throughput.py --device cuda --shape qwen3-0.6b      # a GPU (random init, ~2 min on an H200)
+    python bench/train_throughput.py --json results.json                   # also write the numbers as JSON
+
+Setups, each one epoch over the same rows with the project's real training step
+(``ThinkSafeModule.training_step``, LoRA r=32 on q/v, then ``backward`` and AdamW every ``accumulate`` micro-batches,
+as Lightning runs it):
+
+* ``authors``: ThinkSafe's published recipe: batch 1, gradient checkpointing, accumulation 8;
+* ``fixed``: fixed-size batches of random rows padded to the longest, no checkpointing, same rows per step;
+* ``thinksafe``: :mod:`thinksafe.data.batching`: micro-batches of similar lengths filled to a token budget, steps
+  of about 8 rows, gradient checkpointing only if the budget does not fit without it (measured on the worst case).
+
+Rows have reasoning-trace lengths: a prompt of 32 to 160 tokens and a long-tailed (log-normal) response with a
+median of a fifth of ``--max-length``, cut at ``--max-length`` like ``ChatEncoder`` cuts them. Reported per setup:
+real (non-padding) tokens/s, padding share, peak memory (allocated CUDA memory; on the CPU the process's peak
+resident set, libraries included) and the share of the chip's measured matmul rate that the model FLOPs reach
+(6·N per token for the N matmul weights incl. the LM head, plus 6·L·D·s² per row of s tokens for causal attention:
+the usual MFU convention; LoRA skips the frozen weights' gradients, so the work it needs is nearer 4·N).
+``speedup_vs_seed`` in the JSON is thinksafe's tokens/s over the authors' setup's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+SHAPES = {
+    # Qwen/Qwen3-0.6B config.json
+    "qwen3-0.6b": dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                       num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
+                       tie_word_embeddings=True),
+    # a scaled-down Qwen3 for CPUs: compute-bound enough that batching is not just saving Python overhead
+    "small": dict(vocab_size=8192, hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
+                  num_key_value_heads=4, head_dim=64, max_position_embeddings=4096, tie_word_embeddings=True),
+    # thinksafe.model.tiny's shape (the tests' model)
+    "tiny": dict(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=1, head_dim=64, max_position_embeddings=4096, tie_word_embeddings=True),
+}
+DEFAULTS = {
+    "cpu": dict(shape="tiny", rows=128, max_length=512, max_tokens_per_batch=4096, dtype="float32"),
+    "cuda": dict(shape="qwen3-0.6b", rows=192, max_length=4096, max_tokens_per_batch=16384, dtype="bfloat16"),
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--shape", choices=sorted(SHAPES), default=None, help="model shape (default: small on cpu, qwen3-0.6b on cuda)")
+    p.add_argument("--rows", type=int, default=None, help="rows in the data set")
+    p.add_argument("--max-length", type=int, default=None, help="longest row (tokens)")
+    p.add_argument("--max-tokens-per-batch", type=int, default=None, help="thinksafe's token budget")
+    p.add_argument("--fixed-batch-size", type=int, default=4, help="rows per batch of the fixed setup")
+    p.add_argument("--accumulate", type=int, default=8, help="the authors' accumulation (rows per optimizer step)")
+    p.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: float32 on cpu, bfloat16 on cuda)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; on a loaded "
+                   "machine 1 avoids threads spinning against other processes)")
+    p.add_argument("--no-cudnn-sdpa", action="store_true",
+                   help="keep sdpa off its cuDNN backend, which builds a plan for every new (rows, length) shape")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = p.parse_args(argv)
+    for key, value in DEFAULTS[args.device].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.max_tokens_per_batch < args.max_length:
+        p.error("--max-tokens-per-batch must be ≥ --max-length")
+    return args
+
+
+# -------------------------------------------------------------------------------------------- model and data
+def write_model(directory: Path, shape: str, dtype: str, device: str) -> Path:
+    """A random-init Qwen3 of ``shape`` with thinksafe's tiny tokenizer (rows are random ids, never decoded)."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from thinksafe.model.tiny import build_tokenizer
+
+    torch.manual_seed(0)
+    with torch.device(device):  # initialising 0.6B weights on a GPU takes a moment, on a CPU much longer
+        model = Qwen3ForCausalLM(Qwen3Config(**SHAPES[shape]))
+    model.to(getattr(torch, dtype)).save_pretrained(directory)
+    build_tokenizer("qwen3").save_pretrained(directory)
+    del model
+    return directory
+
+
+def trace_rows(n: int, max_length: int, vocab: int, seed: int) -> list[dict]:
+    """Encoded rows (as ChatEncoder makes them) with reasoning-trace lengths: long-tailed responses."""
+    from thinksafe.data.chat import IGNORE_INDEX
+    from thinksafe.data.prompts import LABELS
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        prompt = min(rng.randint(32, 160), max_length // 4)
+        response = max(8, int(rng.lognormvariate(math.log(0.2 * max_length), 0.9)))
+        length = min(prompt + response, max_length)
+        ids = [rng.randrange(10, vocab) for _ in range(length)]
+        label = LABELS[i % len(LABELS)]
+        rows.append(dict(input_ids=ids, labels=[IGNORE_INDEX] * prompt + ids[prompt:], harmful="harmful" in label,
+                         label=label))
+    return rows
+
+
+def model_flops(config, lengths: list[int]) -> float:
+    """Forward + backward FLOPs of rows of these lengths (see the module docstring)."""
+    h, layers = config.hidden_size, config.num_hidden_layers
+    q = config.num_attention_heads * config.head_dim
+    kv = config.num_key_value_heads * config.head_dim
+    per_layer = h * q + 2 * h * kv + q * h + 3 * h * config.intermediate_size
+    weights = layers * per_layer + h * config.vocab_size
+    return sum(6 * weights * s + 6 * layers * q * s * s for s in lengths)
+
+
+# ----------------------------------------------------------------------------------------------- measuring
+def matmul_rate(device: str, dtype: str) -> float:
+    """FLOP/s of a large square matrix product on this device (mean of 10 after 3 warm-ups)."""
+    import torch
+
+    n = 8192 if device == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+    b = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    _sync(device)
+    return 10 * 2 * n**3 / (time.perf_counter() - start)
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _reset_peak(device: str) -> None:
+    import torch
+
+    from thinksafe.data.batching import _reset_host_peak
+
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        _reset_host_peak()
+
+
+def _peak(device: str) -> float | None:
+    import torch
+
+    from thinksafe.data.batching import _host_rss
+
+    if device == "cuda":
+        return float(torch.cuda.max_memory_allocated())
+    rss = _host_rss("VmHWM")
+    return None if rss is None else float(rss)
+
+
+def train_epoch(module, batches: list[dict], accumulate: int, device: str) -> dict:
+    """One epoch of the real training step; timed after one untimed warm-up micro-batch."""
+    import torch
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    _reset_peak(device)
+    warm = {k: v.to(device) for k, v in batches[0].items()}
+    module.training_step(warm, 0).backward()
+    optimizer.zero_grad(set_to_none=True)
+    del warm
+    _sync(device)
+    tokens = padded = 0
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for i, cpu_batch in enumerate(batches):
+        tokens += int(cpu_batch["attention_mask"].sum())
+        padded += cpu_batch["attention_mask"].numel()
+        batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
+        loss = module.training_step(batch, i)
+        (loss / accumulate).backward()  # Lightning's automatic accumulation divides the same way
+        if (i + 1) % accumulate == 0 or i + 1 == len(batches):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    _sync(device)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    # CPU time as well: on a machine shared with other work it measures this process's work, not the others'
+    return dict(seconds=seconds, cpu_seconds=cpu_seconds, tokens=tokens, padded_tokens=padded,
+                tokens_per_s=tokens / seconds, tokens_per_cpu_s=tokens / cpu_seconds,
+                padding_share=1 - tokens / padded, peak_bytes=_peak(device), micro_batches=len(batches),
+                optimizer_steps=math.ceil(len(batches) / accumulate), accumulate=accumulate)
+
+
+def sdpa_backends(no_cudnn: bool):
+    """torch's own choice of attention kernels, or all but cuDNN's."""
+    from contextlib import nullcontext
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if not no_cudnn:
+        return nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+def fixed_batches(rows: list[dict], batch_size: int, pad_id: int, seed: int) -> list[dict]:
+    """What ``SafetyDataModule`` serves without a token budget: shuffled rows, ``batch_size`` at a time."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from thinksafe.data.chat import collate
+
+    g = torch.Generator().manual_seed(seed)
+    return list(DataLoader(rows, batch_size=batch_size, shuffle=True, generator=g,
+                           collate_fn=partial(collate, pad_id=pad_id)))
+
+
+def uptime() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+# -------------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    import torch
+
+    from thinksafe.data.batching import (choose_gradient_checkpointing, set_gradient_checkpointing,
+                                         token_budget_loader, worst_case_batch)
+    from thinksafe.model.adapters import LoRA
+    from thinksafe.model.module import ThinkSafeModule
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device here")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    load_before = uptime()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = write_model(Path(tmp), args.shape, args.dtype, args.device)
+        module = ThinkSafeModule(str(model_dir), adapter=LoRA(r=32, alpha=16, dropout=0.05), dtype=args.dtype,
+                                 attn_implementation="sdpa")
+        module.configure_model()
+    module.to(args.device).train()
+    config = module.model.get_base_model().config
+    pad_id = 0
+    rows = trace_rows(args.rows, args.max_length, config.vocab_size, args.seed)
+    rate = matmul_rate(args.device, args.dtype)
+
+    loader = token_budget_loader(rows, pad_id, args.max_tokens_per_batch, rows_per_step=args.accumulate, seed=args.seed)
+    probe = {k: v.to(args.device) for k, v in worst_case_batch(rows, args.max_tokens_per_batch, pad_id).items()}
+    choice = choose_gradient_checkpointing(module, probe, args.max_tokens_per_batch)
+    del probe
+    print(f"thinksafe: {loader.sampler.summary().describe()}")
+    print(f"thinksafe: {choice.describe()}")
+    fixed_accumulate = max(1, args.accumulate // args.fixed_batch_size)
+    setups = {
+        "authors": dict(batches=fixed_batches(rows, 1, pad_id, args.seed), accumulate=args.accumulate, checkpointing=True,
+                        what=f"batch 1, gradient checkpointing, accumulation {args.accumulate}"),
+        "fixed": dict(batches=fixed_batches(rows, args.fixed_batch_size, pad_id, args.seed), accumulate=fixed_accumulate,
+                      checkpointing=False, what=f"batch {args.fixed_batch_size} padded, no checkpointing, "
+                                                f"accumulation {fixed_accumulate}"),
+        "thinksafe": dict(batches=list(loader), accumulate=loader.sampler.micro_batches_per_step,
+                          checkpointing=choice.enabled,
+                          what=f"token budget {args.max_tokens_per_batch}, length-grouped, ~{args.accumulate} rows/step, "
+                               f"checkpointing {'on' if choice.enabled else 'off'} (measured)"),
+    }
+    results = {}
+    for name, setup in setups.items():
+        set_gradient_checkpointing(module.model, setup["checkpointing"])
+        with sdpa_backends(args.no_cudnn_sdpa):
+            r = train_epoch(module, setup["batches"], setup["accumulate"], args.device)
+        lengths = [len(rows[i]["input_ids"]) for i in range(len(rows))]
+        r["matmul_share"] = model_flops(config, lengths) / r["seconds"] / rate
+        r["setup"] = setup["what"]
+        r["gradient_checkpointing"] = setup["checkpointing"]
+        results[name] = r
+        print(f"  {name}: {r['tokens_per_s']:.0f} tokens/s", flush=True)
+
+    report = dict(
+        device=torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        threads=torch.get_num_threads(), cudnn_sdpa=not args.no_cudnn_sdpa, shape=args.shape, dtype=args.dtype, rows=args.rows, max_length=args.max_length,
+        tokens=results["authors"]["tokens"], max_tokens_per_batch=args.max_tokens_per_batch,
+        matmul_tflops=rate / 1e12, load_average=dict(before=load_before, after=uptime()),
+        checkpointing_choice=choice.describe(), setups=results,
+        speedup_vs_seed=results["thinksafe"]["tokens_per_s"] / results["authors"]["tokens_per_s"],
+        speedup_vs_fixed=results["thinksafe"]["tokens_per_s"] / results["fixed"]["tokens_per_s"],
+    )
+    print_table(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def print_table(report: dict) -> None:
+    def gib(x):
+        return "?" if x is None else f"{x / 2**30:.2f}"
+
+    print(f"\n{report['device']}, {report['threads']} thread(s), {report['shape']} ({report['dtype']}), {report['rows']} rows, {report['tokens']} tokens, "
+          f"matmul {report['matmul_tflops']:.2f} TFLOP/s, load {report['load_average']['before']} → "
+          f"{report['load_average']['after']}")
+    print(f"{'setup':<10} {'tokens/s':>10} {'speedup':>8} {'padding':>8} {'peak GiB':>9} {'matmul %':>9}  what")
+    base = report["setups"]["authors"]["tokens_per_s"]
+    for name, r in report["setups"].items():
+        print(f"{name:<10} {r['tokens_per_s']:>10.0f} {r['tokens_per_s'] / base:>7.2f}× {100 * r['padding_share']:>7.1f}% "
+              f"{gib(r['peak_bytes']):>9} {100 * r['matmul_share']:>8.1f}%  {r['setup']}")
+    print(f"speedup_vs_seed: {report['speedup_vs_seed']:.2f}×")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Smoke runs of the two throughput benchmarks with tiny settings: they run, every setup processes the same
+tokens, and the JSON holds what the README quotes. Timings are never asserted (the machine is shared)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_train_throughput_runs_three_setups_on_the_same_rows(tmp_path, capsys):
+    bench = load("train_throughput")
+    out = tmp_path / "train.json"
+    bench.main(["--shape", "tiny", "--rows", "24", "--max-length", "96", "--max-tokens-per-batch", "384",
+                "--threads", "1", "--json", str(out)])
+    report = json.loads(out.read_text())
+    setups = report["setups"]
+    assert set(setups) == {"authors", "fixed", "thinksafe"}
+    assert len({s["tokens"] for s in setups.values()}) == 1, "every setup must train on exactly the same rows"
+    assert setups["authors"]["padding_share"] == 0 and setups["authors"]["gradient_checkpointing"]
+    assert setups["authors"]["micro_batches"] == 24 and setups["authors"]["optimizer_steps"] == 3
+    assert setups["thinksafe"]["padding_share"] < setups["fixed"]["padding_share"]
+    assert report["speedup_vs_seed"] == pytest.approx(
+        setups["thinksafe"]["tokens_per_s"] / setups["authors"]["tokens_per_s"])
+    assert "gradient checkpointing off" in report["checkpointing_choice"]
+    assert "speedup_vs_seed" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_sampler_throughput_counts_generated_tokens_of_both_samplers(tiny_qwen3, vllm_sampler, capsys):
+    from thinksafe.sampling import TransformersSampler
+
+    bench = load("sampler_throughput")
+    report = bench.compare(str(tiny_qwen3), vllm_sampler, TransformersSampler(batch_size=8, dtype="float32"),
+                           prompts=8, max_tokens=16)
+    for name in ("vllm", "transformers"):
+        r = report[name]
+        assert r["completions"] == 8
+        assert 0 < r["generated_tokens"] <= 8 * 16
+        assert r["tokens_per_s"] == pytest.approx(r["generated_tokens"] / r["seconds"])
+    assert report["speedup_vs_transformers"] == pytest.approx(
+        report["vllm"]["tokens_per_s"] / report["transformers"]["tokens_per_s"])
+    bench.print_table(report)
+    assert "speedup_vs_transformers" in capsys.readouterr().out
+    json.dumps(report)  # what --json writes
