@@ -1,7 +1,8 @@
 """Training throughput of three batching setups side by side: one process, one model, one data set.
 
     python bench/train_throughput.py                                       # this CPU, scaled down
-    python bench/train_throughput.py --device cuda --shape qwen3-0.6b      # a GPU (random init, ~2 min on an H200)
+    python bench/train_throughput.py --device cuda --shape qwen3-0.6b      # a GPU (random init; 168 s on an H200
+                                                                           # with --rows 160, start-up included)
     python bench/train_throughput.py --json results.json                   # also write the numbers as JSON
 
 Setups, each one epoch over the same rows with the project's real training step
@@ -20,6 +21,11 @@ resident set, libraries included) and the share of the chip's measured matmul ra
 (6·N per token for the N matmul weights incl. the LM head, plus 6·L·D·s² per row of s tokens for causal attention:
 the usual MFU convention; LoRA skips the frozen weights' gradients, so the work it needs is nearer 4·N).
 ``speedup_vs_seed`` in the JSON is thinksafe's tokens/s over the authors' setup's.
+
+Attention runs on the sdpa kernel torch picks, as in training. ``--no-cudnn-sdpa`` keeps it off cuDNN's, which
+builds an execution plan for every new (rows, length) shape it sees (pytorch 2.11 on Hopper/Blackwell; a known
+cost of several hundred ms per new shape), i.e. for nearly every micro-batch of variable-length rows.
+On the CPU, ``--threads 1`` keeps torch's threads from spinning against other processes on a loaded machine.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ SHAPES = {
     # a scaled-down Qwen3 for CPUs: compute-bound enough that batching is not just saving Python overhead
     "small": dict(vocab_size=8192, hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
                   num_key_value_heads=4, head_dim=64, max_position_embeddings=4096, tie_word_embeddings=True),
-    # thinksafe.model.tiny's shape (the tests' model)
+    # thinksafe.model.tiny's shape (the tests' model), vocabulary rounded up
     "tiny": dict(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
                  num_key_value_heads=1, head_dim=64, max_position_embeddings=4096, tie_word_embeddings=True),
 }

@@ -154,6 +154,7 @@ def zero_grads(module) -> None:
         p.grad = None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_planned_step_has_the_unbatched_loss_and_gradient(module, tiny_qwen3, world_size):
     """Micro-batches (padded, several per step, split over ranks) with loss_scale reproduce the token-mean loss
@@ -210,6 +211,7 @@ def test_worst_case_batch_fills_the_budget(tiny_qwen3):
     assert (probe["labels"] != IGNORE_INDEX).any()
 
 
+@pytest.mark.slow
 def test_checkpointing_only_when_the_budget_does_not_fit(module, tiny_qwen3):
     rows, pad_id = trace_rows(tiny_qwen3)
     probe = worst_case_batch(rows, 1024, pad_id)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import gc
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -385,10 +385,13 @@ def usable_memory(device: torch.device) -> float | None:
     return float(available + (rss or 0))
 
 
-def peak_step_memory(module: Any, batch: dict[str, torch.Tensor]) -> float | None:
-    """Peak memory (bytes) of one forward + backward of ``module.training_step`` on ``batch``: allocated CUDA
-    memory, or the process's resident set on the CPU; inf when it runs out of memory, None when it cannot be
-    measured. Gradients are cleared afterwards; no optimizer step is taken."""
+LossFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+
+
+def peak_step_memory(module: Any, batch: dict[str, torch.Tensor], step: LossFn | None = None) -> float | None:
+    """Peak memory (bytes) of one forward + backward of ``step(batch)`` (default: ``module.training_step(batch,
+    0)``): allocated CUDA memory, or the process's resident set on the CPU; inf when it runs out of memory, None
+    when it cannot be measured. Gradients of ``module`` are cleared afterwards; no optimizer step is taken."""
     device = batch["input_ids"].device
     gc.collect()
     if device.type == "cuda":
@@ -398,7 +401,7 @@ def peak_step_memory(module: Any, batch: dict[str, torch.Tensor]) -> float | Non
     elif not _reset_host_peak():
         return None
     try:
-        _forward_backward(module, batch)
+        _forward_backward(step or (lambda b: module.training_step(b, 0)), batch)
         peak: float | None = None
     except torch.OutOfMemoryError:
         peak = math.inf
@@ -415,9 +418,9 @@ def peak_step_memory(module: Any, batch: dict[str, torch.Tensor]) -> float | Non
     return peak
 
 
-def _forward_backward(module: Any, batch: dict[str, torch.Tensor]) -> None:
+def _forward_backward(step: LossFn, batch: dict[str, torch.Tensor]) -> None:
     # its own frame, so an out-of-memory error frees the activations when it leaves
-    module.training_step(batch, 0).backward()
+    step(batch).backward()
 
 
 def choose_gradient_checkpointing(
@@ -427,12 +430,15 @@ def choose_gradient_checkpointing(
     forced: bool = False,
     memory_fraction: float = 0.9,
     limit_bytes: float | None = None,
+    step: LossFn | None = None,
 ) -> CheckpointingChoice:
     """Checkpointing only where the budget does not fit without it (or where the recipe forces it).
 
     Runs the real training step of ``module`` (a :class:`~thinksafe.model.module.ThinkSafeModule` with its model
     configured, on its device) on ``probe`` (:func:`worst_case_batch`, on the same device), first without
-    checkpointing, then with it if needed, and leaves the model in the chosen setting. Usable memory:
+    checkpointing, then with it if needed, and leaves the model in the chosen setting. ``step``: the loss
+    function to run instead of ``module.training_step(batch, 0)`` (for a caller inside a Lightning hook where
+    ``training_step`` may not log). Usable memory:
     ``limit_bytes``, else ``memory_fraction`` of what :func:`usable_memory` finds. Raises :class:`UserError`
     when the budget does not fit even with checkpointing.
     """
@@ -449,11 +455,11 @@ def choose_gradient_checkpointing(
 
     if not forced:
         set_gradient_checkpointing(model, False)
-        peak = peak_step_memory(module, probe)
+        peak = peak_step_memory(module, probe, step)
         if fits(peak):
             return choice(False, "fits without it" if peak is not None else "memory not measurable here", peak)
     set_gradient_checkpointing(model, True)
-    peak_on = peak_step_memory(module, probe)
+    peak_on = peak_step_memory(module, probe, step)
     if fits(peak_on):
         return choice(True, "forced by the recipe" if forced else "does not fit without it", peak_on)
     suggestion = 0 if math.isinf(peak_on) else int(max_tokens_per_batch * limit / peak_on) // 256 * 256
