@@ -19,6 +19,7 @@ from thinksafe.data.selfgen import build_selfgen
 from thinksafe.errors import UserError
 from thinksafe.guards import OfflineJudge
 from thinksafe.sampling import SamplingConfig, TransformersSampler
+from thinksafe.sampling.formats import check_response
 from thinksafe.sampling.steering import PAPER_TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,10 +72,13 @@ def test_qwen3_template_with_real_vllm(tiny_qwen3, vllm_sampler, tmp_path):
     manifest = json.loads((res.output_dir / "manifest.json").read_text())
     assert manifest["settings"]["reasoning_format"] == "qwen3"
     assert manifest["settings"]["chat_template_kwargs"] == {"enable_thinking": True}
-    # a random model never closes a think block: everything is rejected with its reason, nothing kept
-    assert not any(r["kept"] for r in rows)
-    assert {r["reject_reason"].split(" (")[0] for r in rows} <= {"format: no think block", "format: unclosed think block",
-                                                                 "format: empty response"}
+    # random text: the stored verdict is the format check of the stored response, reasons are named
+    for r in rows:
+        assert r["format_ok"] == check_response(r["response"], "qwen3").ok
+        if not r["format_ok"]:
+            assert r["reject_reason"] == "format: " + check_response(r["response"], "qwen3").reason or \
+                r["reject_reason"].startswith("format: " + check_response(r["response"], "qwen3").reason + " (cut at")
+    assert not any(r["kept"] for r in rows if r["harmful"])  # a random model never refuses
     assert res.stats["data_starved"]
     # samples of one prompt differ (each sample has its own seed)
     first = [r["response"] for r in rows if r["prompt_index"] == 0]
@@ -107,7 +111,7 @@ def test_r1_template_restores_the_opening_tag(tiny_r1, vllm_sampler, tmp_path):
     rows = check_contract(res.output_dir, 1)
     assert json.loads((res.output_dir / "manifest.json").read_text())["settings"]["reasoning_format"] == "r1"
     assert all(r["response"].startswith("<think>\n") for r in rows)
-    assert all(not r["format_ok"] for r in rows)  # random text never closes the block
+    assert all(r["format_ok"] == check_response(r["response"], "r1").ok for r in rows)
 
 
 def test_foreign_directory_is_refused_untouched(tiny_qwen3, tmp_path):
