@@ -340,3 +340,49 @@ def _ddp_fit(out: str, model_dir: str, responses: str) -> None:
 
 if __name__ == "__main__":
     _ddp_fit(*sys.argv[1:4])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("needed", [False, True])
+def test_auto_checkpointing_is_decided_when_fit_starts_and_logged(tiny_qwen3, tmp_path, monkeypatch, caplog, needed):
+    """`model.gradient_checkpointing: auto` in a real fit: the worst-case micro-batch of the data module's budget
+    is probed on the device, the model is left in the chosen setting, and the choice goes to the loggers. The
+    memory readings are replaced (a CPU process's peak cannot be steered in a test); the decision path is real."""
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import thinksafe.data.batching as batching
+    from thinksafe.data.datamodule import SafetyDataModule
+    from thinksafe.model.adapters import LoRA
+    from thinksafe.model.module import ThinkSafeModule
+
+    real_peak, probed = batching.peak_step_memory, []
+
+    def peak(module, batch, step=None):
+        real_peak(module, batch, step)  # the real forward and backward of the probe
+        on = module.model.get_base_model().is_gradient_checkpointing
+        probed.append((tuple(batch["input_ids"].shape), on))
+        return 1e9 if on or not needed else 3e9
+
+    monkeypatch.setattr(batching, "peak_step_memory", peak)
+    monkeypatch.setattr(batching, "usable_memory", lambda device: 2e9 / 0.9)
+    responses = tmp_path / "responses.jsonl"
+    responses.write_text("".join(json.dumps(dict(instruction=f"How do I bake bread {i}?", label=label,
+                                                 response=f"<think>\nStep {i}.\n</think>\n\nLike this {i}.")) + "\n"
+                                 for i, label in enumerate(["vanilla_benign", "vanilla_harmful"] * 4)))
+    dm = SafetyDataModule(responses=str(responses), model_name_or_path=str(tiny_qwen3), reasoning_format="qwen3",
+                          max_length=128, max_tokens_per_batch=256, in_distribution_rows=0)
+    module = ThinkSafeModule(str(tiny_qwen3), adapter=LoRA(r=4, alpha=8, dropout=0.0), gradient_checkpointing="auto")
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=TensorBoardLogger(tmp_path, name="logs"),
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(module, datamodule=dm)
+
+    assert probed[0][1] is False and len(probed) == (2 if needed else 1)
+    assert probed[0][0][0] * probed[0][0][1] <= 256
+    assert module.model.get_base_model().is_gradient_checkpointing is needed
+    assert f"gradient checkpointing {'ON' if needed else 'off'} for a token budget of 256" in caplog.text
+    events = EventAccumulator(trainer.log_dir)
+    events.Reload()
+    assert [e.value for e in events.Scalars("train/gradient_checkpointing")] == [float(needed)]
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in module.parameters())

@@ -431,6 +431,7 @@ def choose_gradient_checkpointing(
     memory_fraction: float = 0.9,
     limit_bytes: float | None = None,
     step: LossFn | None = None,
+    agree: Callable[[bool], bool] | None = None,
 ) -> CheckpointingChoice:
     """Checkpointing only where the budget does not fit without it (or where the recipe forces it).
 
@@ -439,8 +440,10 @@ def choose_gradient_checkpointing(
     checkpointing, then with it if needed, and leaves the model in the chosen setting. ``step``: the loss
     function to run instead of ``module.training_step(batch, 0)`` (for a caller inside a Lightning hook where
     ``training_step`` may not log). Usable memory:
-    ``limit_bytes``, else ``memory_fraction`` of what :func:`usable_memory` finds. Raises :class:`UserError`
-    when the budget does not fit even with checkpointing.
+    ``limit_bytes``, else ``memory_fraction`` of what :func:`usable_memory` finds. ``agree``: turns this rank's
+    "it fits" into the answer of all ranks (every rank must fit; under DDP/FSDP each rank runs the same probes, so
+    none waits in a collective the others skip). Raises :class:`UserError` when the budget does not fit even with
+    checkpointing.
     """
     model = module.model
     shape = tuple(probe["input_ids"].shape)
@@ -451,7 +454,8 @@ def choose_gradient_checkpointing(
         return CheckpointingChoice(enabled, reason, max_tokens_per_batch, shape, peak, limit)
 
     def fits(peak: float | None) -> bool:
-        return peak is None or limit is None or peak <= limit
+        local = peak is None or limit is None or peak <= limit
+        return agree(local) if agree is not None else local
 
     if not forced:
         set_gradient_checkpointing(model, False)

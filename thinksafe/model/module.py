@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
@@ -87,7 +87,10 @@ class ThinkSafeModule(LightningModule):
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay (on every trainable weight).
         warmup_ratio: share of the optimizer steps spent in linear warmup before the cosine decay to 0.
-        gradient_checkpointing: recompute decoder activations in backward (less memory, ~30% slower).
+        gradient_checkpointing: recompute decoder activations in backward (less memory, 30–150% slower). "auto":
+            only when the worst-case micro-batch of the training set (``data.max_tokens_per_batch``, else
+            ``data.batch_size`` copies of the longest row) does not fit in memory without it — measured with one
+            real training step when fit starts, and logged (:func:`thinksafe.data.batching.choose_gradient_checkpointing`).
         dtype: weight dtype at load: "auto" (bf16 on CUDA, fp32 on CPU), "bfloat16", "float16", "float32".
         attn_implementation: transformers attention backend ("sdpa", "flash_attention_2", "eager"); None: default.
         log_samples_every_n_steps: every N optimizer steps, write one decoded row (prompt, target and the
@@ -105,7 +108,7 @@ class ThinkSafeModule(LightningModule):
         lr: float = 1e-5,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.1,
-        gradient_checkpointing: bool = False,
+        gradient_checkpointing: bool | Literal["auto"] = False,
         dtype: str = "auto",
         attn_implementation: str | None = None,
         log_samples_every_n_steps: int = 0,
@@ -123,6 +126,8 @@ class ThinkSafeModule(LightningModule):
             raise UserError(f"model.warmup_ratio must be in [0, 1), got {warmup_ratio}.")
         if lr <= 0:
             raise UserError(f"model.lr must be > 0, got {lr}.")
+        if gradient_checkpointing not in (True, False, "auto"):
+            raise UserError(f"model.gradient_checkpointing must be true, false or auto, got {gradient_checkpointing!r}.")
         if log_samples_every_n_steps < 0:
             raise UserError(f"model.log_samples_every_n_steps must be ≥ 0, got {log_samples_every_n_steps}.")
         # the adapter is stored as plain data: Lightning reads checkpoints back with torch.load(weights_only=True)
@@ -167,7 +172,7 @@ class ThinkSafeModule(LightningModule):
                                attn_implementation=hp.attn_implementation)
         model.train()  # from_pretrained returns eval mode, which would silence LoRA dropout
         self._loaded_buffers = _float_buffers(model)
-        if hp.gradient_checkpointing:
+        if hp.gradient_checkpointing is True:  # "auto" is decided when fit starts, on the device
             # non-reentrant: works with frozen inputs (LoRA) and under no_grad (the reference forward)
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model = self.adapter.apply(model)
@@ -183,8 +188,12 @@ class ThinkSafeModule(LightningModule):
         # after the precision plugin's cast (bf16-true), before the first step
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         _restore_buffer_dtypes(base, self._loaded_buffers)
-        if self._reference is None:
-            return
+        if self._reference is not None:
+            self._place_reference()
+        if self.hparams.gradient_checkpointing == "auto":
+            self._choose_checkpointing()
+
+    def _place_reference(self) -> None:
         from torch.distributed.tensor import DTensor
 
         dtype = next(p.dtype for p in self.model.parameters() if p.is_floating_point())
@@ -193,8 +202,40 @@ class ThinkSafeModule(LightningModule):
                 m.to(device=self.device, dtype=dtype)
             _restore_buffer_dtypes(m, self._loaded_buffers)
 
+    def _choose_checkpointing(self) -> None:
+        """``gradient_checkpointing: auto``: probe the worst-case micro-batch of the training set on every rank."""
+        from lightning.pytorch.utilities import rank_zero_info
+
+        from thinksafe.data.batching import choose_gradient_checkpointing, worst_case_batch
+
+        dm = getattr(self.trainer, "datamodule", None)
+        rows = getattr(dm, "train_rows", None)
+        if not rows:
+            rank_zero_info("thinksafe: gradient_checkpointing=auto needs the SafetyDataModule's rows to measure; "
+                           "checkpointing stays off.")
+            return
+        budget = dm.max_tokens_per_batch or dm.batch_size * max(len(r["input_ids"]) for r in rows)
+        probe = {k: v.to(self.device) for k, v in worst_case_batch(rows, budget, dm.pad_id).items()}
+        strategy = self.trainer.strategy
+        choice = choose_gradient_checkpointing(
+            self, probe, budget, step=lambda batch: self._loss(batch)[0],
+            agree=lambda fits: bool(strategy.reduce_boolean_decision(fits, all=True)),
+        )
+        rank_zero_info(f"thinksafe: {choice.describe()}")
+        for logger in self.loggers:
+            logger.log_metrics({"train/gradient_checkpointing": float(choice.enabled),
+                                "train/max_tokens_per_batch": float(budget)}, step=0)
+
     # ------------------------------------------------------------------------------------------------ loss
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        scaled, logits = self._loss(batch)
+        if self._trainer is not None and self.trainer.lr_scheduler_configs:
+            self.log("train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True, on_epoch=False)
+        self._log_sample(batch, logits)
+        return scaled
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss to back-propagate, the logits); keeps the step's metric sums for ``on_train_batch_end``."""
         hp = self.hparams
         input_ids, attention_mask, harmful = batch["input_ids"], batch["attention_mask"], batch["harmful"]
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
@@ -230,10 +271,7 @@ class ThinkSafeModule(LightningModule):
             label_tokens=torch.bincount(label_of_token, minlength=len(LABELS)),
             processed_tokens=attention_mask.sum(),
         )
-        if self._trainer is not None and self.trainer.lr_scheduler_configs:
-            self.log("train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True, on_epoch=False)
-        self._log_sample(batch, logits)
-        return scaled
+        return scaled, logits
 
     # --------------------------------------------------------------------------------------------- logging
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
