@@ -9,7 +9,7 @@ FLAVOUR := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP := $(VENV)/.thinksafe-$(FLAVOUR)-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 TINY := data/tiny-qwen3
 
-.PHONY: setup test test-fast quickstart tiny clean
+.PHONY: setup test test-fast quickstart quickstart-teacher testbed tiny clean
 
 setup: $(STAMP) $(TINY)/thinksafe_tiny.json
 
@@ -36,9 +36,19 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
-quickstart: setup
-	$(BIN)/thinksafe generate --recipe recipes/debug.yaml
-	$(BIN)/thinksafe fit --recipe recipes/debug.yaml
+# ThinkSafe end to end on the offline testbed (data/testbed/README.md): self-generation, then the same
+# prompts answered by a teacher, each with a before/after table, then both side by side.
+quickstart: testbed
+	$(BIN)/thinksafe fit --recipe recipes/quickstart.yaml
+	$(BIN)/thinksafe fit --recipe recipes/quickstart-teacher.yaml
+	$(BIN)/thinksafe testbed compare
+
+quickstart-teacher: testbed
+	$(BIN)/thinksafe fit --recipe recipes/quickstart-teacher.yaml
+
+# reuses the shipped data/testbed when it matches the current world (seconds); rebuilds it otherwise
+testbed: setup
+	$(BIN)/thinksafe testbed build
 
 clean:
-	rm -rf runs lightning_logs/version_* $(TINY)
+	rm -rf runs lightning_logs/version_* lightning_logs/quickstart lightning_logs/quickstart-teacher $(TINY)

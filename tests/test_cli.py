@@ -75,6 +75,8 @@ def test_missing_prompt_file_and_unknown_command_exit_2(tmp_path):
 def test_bad_option_value_exits_2_without_traceback(tmp_path):
     res = thinksafe("generate", "--recipe", "recipes/debug.yaml", "--data.steering_template=no placeholder")
     assert res.returncode == 2 and "{prompt}" in res.stderr and "Traceback" not in res.stderr
+    res = thinksafe("generate", "--recipe", "recipes/debug.yaml", "--data.in_distribution_rows=-1")
+    assert res.returncode == 2 and "data.in_distribution_rows" in res.stderr and "Traceback" not in res.stderr
     res = thinksafe("fit", "--recipe", "recipes/debug.yaml", "--data.sampling.n=zero")
     assert res.returncode == 2 and "Traceback" not in res.stderr
 
@@ -97,3 +99,18 @@ def test_score_command_rescores_saved_responses(tmp_path, shared_dir):
     assert abs(summary["accuracy"] - 2 / 3) < 1e-9
     rows = [_json.loads(l) for l in (tmp_path / "out" / "scores.jsonl").read_text().splitlines()]
     assert [r["correct"] for r in rows] == [True, True, False]
+
+
+def test_testbed_compare_prints_runs_side_by_side_and_names_a_missing_one(tmp_path):
+    for name, after in (("self", 0.02), ("teacher", 0.05)):
+        (tmp_path / name).mkdir()
+        report = {m: {"before": 0.5, "after": after} for m in ("harmful_compliance_rate", "in_distribution_nll")}
+        report["details"] = {"training_set": f"{name} set"}
+        (tmp_path / name / "before_after.json").write_text(json.dumps(report))
+    res = thinksafe("testbed", "compare", "--runs", json.dumps([str(tmp_path / "self"), str(tmp_path / "teacher")]))
+    assert res.returncode == 0, res.stderr
+    row = next(line for line in res.stdout.splitlines() if "harmful_compliance_rate" in line)
+    assert "0.500 → 0.020" in row and "0.500 → 0.050" in row
+    assert "self set" in res.stdout and "teacher set" in res.stdout
+    res = thinksafe("testbed", "compare", "--runs", json.dumps([str(tmp_path / "self"), str(tmp_path / "none")]))
+    assert res.returncode == 2 and "none/before_after.json does not exist" in res.stderr and "Traceback" not in res.stderr

@@ -178,6 +178,10 @@ def test_sigkill_and_resume_loses_and_duplicates_nothing(tiny_qwen3, tmp_path):
     done = subprocess.run([sys.executable, "-m", "thinksafe.cli", "generate", "--recipe", str(_recipe(tmp_path, tiny_qwen3, clean))],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    # generate reports the kept rows' in-distribution score under the model (when anything was kept)
+    kept = json.loads((clean / "stats.json").read_text())["all"]["kept"]
+    assert (clean / "in_distribution.json").is_file() == (kept > 0)
+    assert ("in-distribution score" in done.stderr) == (kept > 0)
     # per-prompt seeds: the resumed run holds exactly what an uninterrupted one does
     strip = lambda rs: [{k: v for k, v in r.items()} for r in rs]
     assert strip(rows) == strip(read_jsonl(clean / "samples.jsonl"))

@@ -5,6 +5,7 @@
     thinksafe export   ADAPTER_DIR OUTPUT_DIR               merge a LoRA adapter into a full model
     thinksafe eval / score …                                 benchmarks (see `thinksafe eval --help`)
     thinksafe tiny-model OUTPUT_DIR [--template qwen3|r1]   a tiny random model for tests and debugging
+    thinksafe testbed build|check [--output_dir data/testbed …]  the offline testbed (see data/testbed/README.md)
 
 ``--recipe`` is LightningCLI's ``--config`` (both work). User errors print one paragraph and exit 2;
 ``--debug`` shows the traceback.
@@ -46,7 +47,13 @@ def _lightning_cli(args: list[str], run: bool):
             parser.link_arguments("model.name_or_path", "data.model_name_or_path")
 
         def before_fit(self) -> None:
+            from thinksafe.metrics.in_distribution import InDistributionLogger
+
             self.datamodule.recipe = _plain(self.config.get("fit", self.config))
+            # the training set's in-distribution score under the initial model, logged when fit starts
+            rows = self.datamodule.in_distribution_rows
+            if rows != 0 and not any(isinstance(c, InDistributionLogger) for c in self.trainer.callbacks):
+                self.trainer.callbacks.append(InDistributionLogger(limit=rows))
 
     argv0, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when both args and sys.argv hold arguments
     try:
@@ -78,8 +85,15 @@ def _plain(cfg) -> Any:
 
 def generate(args: list[str]) -> None:
     cli = _lightning_cli(args, run=False)
-    cli.datamodule.recipe = _plain(cli.config)
-    cli.datamodule.build_safety_set()
+    dm = cli.datamodule
+    dm.recipe = _plain(cli.config)
+    result = dm.build_safety_set()
+    if hasattr(dm.sampler, "shutdown"):
+        dm.sampler.shutdown()  # the score below loads the model; the engine's memory is needed
+    if dm.in_distribution_rows != 0 and result.stats.get("all", {}).get("kept", 0):
+        from thinksafe.metrics.in_distribution import report_generated
+
+        report_generated(dm, limit=dm.in_distribution_rows)
 
 
 def tiny_model(args: list[str]) -> None:
@@ -203,8 +217,12 @@ def dispatch(argv: list[str]) -> None:
         evaluate(argv[1:])
     elif cmd == "score":
         score(argv[1:])
+    elif cmd == "testbed":
+        from thinksafe.testbed.command import main as testbed
+
+        testbed(argv[1:])
     else:
-        raise UserError(f"unknown command {cmd!r}; expected one of generate, fit, eval, score, export, tiny-model.")
+        raise UserError(f"unknown command {cmd!r}; expected one of generate, fit, eval, score, export, tiny-model, testbed.")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,6 +61,10 @@ class SafetyDataModule(L.LightningDataModule):
         tokens_per_step: the same target in tokens (padding not counted); exclusive with ``rows_per_step``.
         num_workers: DataLoader workers.
         seed: shuffling seed.
+        in_distribution_rows: the in-distribution score of the training set — the mean per-token NLL of its
+            responses under the initial model, per source and label (:mod:`thinksafe.metrics.in_distribution`) —
+            is computed over at most this many rows per label (drawn with a fixed seed), reported by
+            ``thinksafe generate`` and logged when ``fit`` starts. None: every row; 0: not computed.
         model_name_or_path: the model whose samples are collected (linked to ``model.name_or_path``).
     """
 
@@ -85,6 +89,7 @@ class SafetyDataModule(L.LightningDataModule):
         tokens_per_step: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
+        in_distribution_rows: int | None = 256,
         model_name_or_path: str = "",
     ):
         super().__init__()
@@ -118,6 +123,9 @@ class SafetyDataModule(L.LightningDataModule):
         self.tokens_per_step = tokens_per_step
         self.num_workers = num_workers
         self.seed = seed
+        if in_distribution_rows is not None and in_distribution_rows < 0:
+            raise UserError(f"data.in_distribution_rows must be ≥ 0 (0: off) or null (every row), got {in_distribution_rows}.")
+        self.in_distribution_rows = in_distribution_rows
         self.model_name_or_path = model_name_or_path
         self.recipe: dict[str, Any] | None = None  # set by the CLI, recorded in the manifest
         self.selfgen: SelfGenResult | None = None

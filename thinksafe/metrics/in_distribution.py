@@ -1,0 +1,312 @@
+"""In-distribution score of a training set: the mean per-token NLL of its responses under the initial model.
+
+ThinkSafe's core argument is that self-generated refusals are *in distribution* for the model being
+aligned, while refusals written by a teacher (another model, humans, a template) are not, and that fitting
+out-of-distribution targets is what costs reasoning ability. This module makes that measurable for any
+training set: render each (prompt, response) row exactly as the trainer does (:class:`ChatEncoder`: chat
+template, reasoning kept in the target) and average the negative log-likelihood of the response tokens
+(the supervised ones, end-of-turn token included) under the model, per data source and label. Lower is
+more in distribution; a self-generated set sits near the model's own sampling entropy, a teacher-written
+set well above it.
+
+Means are token-weighted within a group (source, label); ``overall`` weights every token equally.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from thinksafe.data.chat import ChatEncoder, collate
+from thinksafe.model.kl import shift_labels, token_cross_entropy
+
+_LINE_SUFFIX = re.compile(r"(?::\d+|\[[^\]]*\](?::\d+)?)$")
+
+
+def source_name(where: str) -> str:
+    """The data source of a row's ``where`` (``file:line`` → ``file``, ``hub-id[split]:n`` → ``hub-id``)."""
+    return _LINE_SUFFIX.sub("", where) or where
+
+
+@dataclass(frozen=True)
+class GroupNLL:
+    """Mean NLL of the response tokens of one (source, label) group."""
+
+    source: str
+    label: str
+    rows: int
+    tokens: int
+    nll: float
+    """Nats per response token."""
+
+
+@dataclass
+class InDistributionScore:
+    """Per-group response NLL under one model; see the module docstring."""
+
+    groups: list[GroupNLL]
+    model: str = ""
+
+    @property
+    def tokens(self) -> int:
+        return sum(g.tokens for g in self.groups)
+
+    @property
+    def overall(self) -> float | None:
+        """Token-weighted mean over every group (None when nothing was scored)."""
+        return self._mean(self.groups)
+
+    def by_label(self) -> dict[str, float]:
+        return {lab: self._mean([g for g in self.groups if g.label == lab])
+                for lab in dict.fromkeys(g.label for g in self.groups)}
+
+    def by_source(self) -> dict[str, float]:
+        return {src: self._mean([g for g in self.groups if g.source == src])
+                for src in dict.fromkeys(g.source for g in self.groups)}
+
+    @staticmethod
+    def _mean(groups: Sequence[GroupNLL]) -> float | None:
+        tokens = sum(g.tokens for g in groups)
+        return sum(g.nll * g.tokens for g in groups) / tokens if tokens else None
+
+    def metrics(self, prefix: str = "in_distribution") -> dict[str, float]:
+        """Flat scalars for a logger: ``{prefix}/nll``, ``{prefix}/nll/<label>``, and per source when there
+        are several."""
+        out: dict[str, float] = {}
+        if self.overall is not None:
+            out[f"{prefix}/nll"] = self.overall
+        for lab, v in self.by_label().items():
+            out[f"{prefix}/nll/{lab}"] = v
+        if len({g.source for g in self.groups}) > 1:
+            for g in self.groups:
+                out[f"{prefix}/nll/{g.source}/{g.label}"] = g.nll
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "overall": self.overall, "tokens": self.tokens, "by_label": self.by_label(),
+                "groups": [asdict(g) for g in self.groups]}
+
+    def table(self, title: str = "in-distribution score (response NLL under the initial model)"):
+        from rich.table import Table
+
+        t = Table(title=title)
+        for col in ("source", "label", "rows", "tokens", "NLL/token"):
+            t.add_column(col, justify="left" if col in ("source", "label") else "right")
+        for g in self.groups:
+            t.add_row(g.source, g.label, str(g.rows), str(g.tokens), f"{g.nll:.3f}")
+        if self.overall is not None and len(self.groups) > 1:
+            t.add_row("all", "", str(sum(g.rows for g in self.groups)), str(self.tokens), f"{self.overall:.3f}")
+        return t
+
+
+def response_nll(model: torch.nn.Module, rows: Sequence[dict], pad_id: int, batch_size: int = 4,
+                 chunk_size: int = 1024) -> InDistributionScore:
+    """Mean NLL of the supervised tokens of encoded rows under ``model``, per (source, label).
+
+    Rows are what :class:`~thinksafe.data.chat.ChatEncoder` produces and the trainer trains on:
+    ``input_ids``, ``labels`` (-100 off the response), ``label``, and optionally ``source`` (default
+    ``"training set"``). The model is run in eval mode without gradients and put back in its mode after.
+    Rows are batched in length order (less padding); the result does not depend on ``batch_size``.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    sums: dict[tuple[str, str], list[float]] = {}  # (source, label) -> [nll sum, tokens, rows]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    try:
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                chunk = [rows[i] for i in order[start : start + batch_size]]
+                batch = collate([{**r, "harmful": False} for r in chunk], pad_id)
+                logits = model(input_ids=batch["input_ids"].to(device),
+                               attention_mask=batch["attention_mask"].to(device), use_cache=False).logits
+                targets = shift_labels(batch["labels"].to(device))
+                nll = token_cross_entropy(logits, targets, chunk_size)
+                per_row = (targets != -100).sum(1).tolist()
+                offset = 0
+                for r, n in zip(chunk, per_row):
+                    key = (r.get("source") or "training set", r["label"])
+                    acc = sums.setdefault(key, [0.0, 0, 0])
+                    acc[0] += float(nll[offset : offset + n].double().sum())
+                    acc[1] += n
+                    acc[2] += 1
+                    offset += n
+    finally:
+        model.train(was_training)
+    groups = [GroupNLL(src, lab, int(r), int(t), s / t) for (src, lab), (s, t, r) in sorted(sums.items()) if t]
+    return InDistributionScore(groups, getattr(getattr(model, "config", None), "name_or_path", "") or "")
+
+
+def subsample(rows: Sequence[dict], limit: int | None, seed: int = 0) -> list[dict]:
+    """At most ``limit`` rows per (source, label), drawn with ``seed``, in their original order."""
+    if limit is None:
+        return list(rows)
+    by_group: dict[tuple[str, str], list[int]] = {}
+    for i, r in enumerate(rows):
+        by_group.setdefault((r.get("source") or "", r["label"]), []).append(i)
+    keep: set[int] = set()
+    for key, idx in sorted(by_group.items()):
+        keep.update(idx if len(idx) <= limit else random.Random(f"{seed}:{key}").sample(idx, limit))
+    return [r for i, r in enumerate(rows) if i in keep]
+
+
+def encode_responses(tokenizer, rows: Iterable[dict], reasoning_format: str = "auto",
+                     chat_template_kwargs: dict[str, Any] | None = None, max_length: int = 16384,
+                     model_name: str = "model") -> list[dict]:
+    """``{prompt, response, label, source}`` rows encoded as the trainer encodes them (rows with no response
+    token within ``max_length`` are left out, as the trainer drops them)."""
+    from thinksafe.data.selfgen import resolve_format
+
+    fmt, kwargs = resolve_format(model_name, reasoning_format, tokenizer)
+    encoder = ChatEncoder(tokenizer, fmt, max_length,
+                          chat_template_kwargs=chat_template_kwargs if chat_template_kwargs is not None else kwargs)
+    out = []
+    for r in rows:
+        enc = encoder.encode(r["prompt"], r["response"])
+        if enc is not None:
+            out.append(dict(input_ids=enc[0], labels=enc[1], label=r["label"], source=r.get("source")))
+    return out
+
+
+def score_responses(
+    model_name_or_path: str,
+    rows: Iterable[dict],
+    reasoning_format: str = "auto",
+    chat_template_kwargs: dict[str, Any] | None = None,
+    max_length: int = 16384,
+    limit: int | None = 256,
+    batch_size: int = 4,
+    device: str = "auto",
+    dtype: str = "auto",
+) -> InDistributionScore:
+    """The in-distribution score of ``{prompt, response, label, source}`` rows under a model loaded from
+    ``model_name_or_path`` (the initial model: what ``thinksafe generate`` reports for its set).
+
+    Args:
+        model_name_or_path: the model whose distribution is measured (hub id, directory or .gguf file).
+        rows: training rows; ``source`` names where each came from (a file, "self-generated", …).
+        reasoning_format: "auto" (from the chat template), "qwen3", "r1" or "plain", as in training.
+        chat_template_kwargs: chat-template arguments (None: those of the format, as in training).
+        max_length: tokens per row, prompt included (longer responses are cut, as in training).
+        limit: score at most this many rows per (source, label), drawn deterministically; None: all.
+        batch_size: rows per forward pass.
+        device: "auto" (the first GPU if any, else CPU), "cpu", "cuda", "cuda:1", …
+        dtype: weights dtype ("auto": bfloat16 on GPUs, float32 on CPU).
+    """
+    from thinksafe.model.loading import load_causal_lm, load_tokenizer
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = load_tokenizer(model_name_or_path)
+    encoded = encode_responses(tokenizer, subsample(list(rows), limit), reasoning_format, chat_template_kwargs,
+                               max_length, model_name_or_path)
+    model = load_causal_lm(model_name_or_path, dtype=dtype, device=device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    try:
+        score = response_nll(model, encoded, pad, batch_size)
+    finally:
+        del model
+    score.model = model_name_or_path
+    return score
+
+
+class InDistributionLogger(Callback):
+    """Logs the in-distribution score of the training set when ``fit`` starts, under the initial model.
+
+    The score goes to every logger at step 0 (``in_distribution/nll``, ``in_distribution/nll/<label>``), to the
+    console as a table, and to ``<log_dir>/in_distribution.json``; it is kept as :attr:`score`, the scored rows
+    as :attr:`rows`. Rows come from ``trainer.datamodule.train_rows``; their source is the row's ``source``
+    when it has one, else ``data.responses`` or the self-generated set's directory. For a PEFT model the
+    adapters are switched off while scoring, so a resumed fit also measures the initial model. Every rank
+    runs the same forwards (sharded models need all ranks in each); rank 0 reports.
+
+    Args:
+        limit: score at most this many rows per (source, label), drawn deterministically; None: all.
+        batch_size: rows per forward pass.
+    """
+
+    def __init__(self, limit: int | None = 256, batch_size: int = 4):
+        if limit is not None and limit < 1:
+            raise ValueError(f"InDistributionLogger: limit must be ≥ 1 or None, got {limit}")
+        self.limit = limit
+        self.batch_size = batch_size
+        self.score: InDistributionScore | None = None
+        self.rows: list[dict] = []
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.rows = subsample(training_rows(trainer.datamodule), self.limit)
+        self.score = score_model(pl_module, self.rows, trainer.datamodule.pad_id, self.batch_size, initial=True)
+        if trainer.is_global_zero:
+            report(self.score, trainer, step=0)
+
+
+def training_rows(datamodule) -> list[dict]:
+    """The encoded training rows of a :class:`~thinksafe.data.datamodule.SafetyDataModule`, with a source."""
+    default = datamodule.responses or f"self-generated ({datamodule.output_dir})"
+    return [{**r, "source": r.get("source") or default} for r in datamodule.train_rows]
+
+
+def score_model(pl_module: LightningModule, rows: Sequence[dict], pad_id: int, batch_size: int = 4,
+                initial: bool = False) -> InDistributionScore:
+    """The score of encoded rows under ``pl_module.model``; ``initial``: with PEFT adapters switched off."""
+    from contextlib import nullcontext
+
+    model = pl_module.model
+    context = model.disable_adapter() if initial and hasattr(model, "disable_adapter") else nullcontext()
+    with context:
+        score = response_nll(model, rows, pad_id, batch_size)
+    score.model = str(pl_module.hparams.get("name_or_path", "")) if hasattr(pl_module, "hparams") else ""
+    return score
+
+
+def report(score: InDistributionScore, trainer: Trainer, step: int = 0, prefix: str = "in_distribution") -> None:
+    """Log ``score`` to the trainer's loggers, print its table, and write ``<log_dir>/in_distribution.json``."""
+    import json
+    from pathlib import Path
+
+    from rich.console import Console
+
+    for logger in trainer.loggers:
+        logger.log_metrics(score.metrics(prefix), step=step)
+    Console(stderr=True).print(score.table())
+    if trainer.log_dir:
+        path = Path(trainer.log_dir) / f"{prefix}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(score.as_dict(), indent=2))
+
+
+def report_generated(datamodule, limit: int | None = 256, batch_size: int = 4, console=None) -> InDistributionScore:
+    """The in-distribution score of a finished self-generated set (its kept rows) under the model that generated
+    it, for ``thinksafe generate``: printed as a table and written to ``<output_dir>/in_distribution.json``, which
+    is reused while the set's manifest fingerprint is unchanged."""
+    import json
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from thinksafe.data.jsonl_log import read_jsonl, write_json_atomic
+
+    console = console or Console(stderr=True)
+    out = Path(datamodule.output_dir)
+    fp = json.loads((out / "manifest.json").read_text()).get("fingerprint")
+    cached = out / "in_distribution.json"
+    key = {"fingerprint": fp, "limit": limit, "max_length": datamodule.max_length}
+    if cached.is_file():
+        old = json.loads(cached.read_text())
+        if old.get("key") == key:
+            score = InDistributionScore([GroupNLL(**g) for g in old["groups"]], old["model"])
+            console.print(score.table())
+            return score
+    rows = [dict(prompt=r["prompt"], response=r["response"], label=r["label"], source="self-generated")
+            for r in read_jsonl(out / "samples.jsonl") if r["kept"]]
+    score = score_responses(datamodule.model_name_or_path, rows, datamodule.reasoning_format,
+                            datamodule.chat_template_kwargs, datamodule.max_length, limit, batch_size)
+    write_json_atomic(cached, {**score.as_dict(), "key": key})
+    console.print(score.table())
+    return score
