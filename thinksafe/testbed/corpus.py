@@ -73,23 +73,20 @@ def _unique(draw: Callable[[random.Random], Request | Problem], rng: random.Rand
 
 def pretraining_rows(seed: int, sizes: CorpusSizes) -> list[dict]:
     """``{prompt, response, kind}`` rows in a fixed shuffled order; prompts are as sent to the model."""
+    augment = sizes.pseudo_words
+    kinds = (  # kind: (rows, draw an item, is it sent behind the refusal-steering prefix)
+        ("comply", sizes.comply, lambda rng: harmful_request(rng, "train", augment), False),
+        ("refuse", sizes.refuse, lambda rng: harmful_request(rng, "train", augment), True),
+        ("help", sizes.help, lambda rng: benign_request(rng, "train", augment), False),
+        ("math", sizes.math, lambda rng: math_problem(rng, "train", augment), False),
+    )
     rows: list[dict] = []
-    rng = random.Random(f"{seed}:comply")
-    for _ in range(sizes.comply):
-        r = harmful_request(rng, "train", sizes.pseudo_words)
-        rows.append(dict(prompt=r.prompt, response=respond(r), kind="comply"))
-    rng = random.Random(f"{seed}:refuse")
-    for _ in range(sizes.refuse):
-        r = harmful_request(rng, "train", sizes.pseudo_words)
-        rows.append(dict(prompt=steer(r.prompt, True, PAPER_TEMPLATE), response=respond(r, steered=True), kind="refuse"))
-    rng = random.Random(f"{seed}:help")
-    for _ in range(sizes.help):
-        r = benign_request(rng, "train", sizes.pseudo_words)
-        rows.append(dict(prompt=r.prompt, response=respond(r), kind="help"))
-    rng = random.Random(f"{seed}:math")
-    for _ in range(sizes.math):
-        p = math_problem(rng, "train", sizes.pseudo_words)
-        rows.append(dict(prompt=p.prompt, response=respond(p), kind="math"))
+    for kind, n, draw, steered in kinds:
+        rng = random.Random(f"{seed}:{kind}")
+        for _ in range(n):
+            item = draw(rng)
+            prompt = steer(item.prompt, True, PAPER_TEMPLATE) if steered else item.prompt
+            rows.append(dict(prompt=prompt, response=respond(item, steered=steered), kind=kind))
     random.Random(f"{seed}:order").shuffle(rows)
     return rows
 
