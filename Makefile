@@ -31,7 +31,7 @@ $(TINY)/thinksafe_tiny.json: $(STAMP)
 tiny: $(TINY)/thinksafe_tiny.json
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
