@@ -5,7 +5,7 @@
     thinksafe export   ADAPTER_DIR OUTPUT_DIR               merge a LoRA adapter into a full model
     thinksafe eval / score …                                 benchmarks (see `thinksafe eval --help`)
     thinksafe tiny-model OUTPUT_DIR [--template qwen3|r1]   a tiny random model for tests and debugging
-    thinksafe testbed build|check [--output_dir data/testbed …]  the offline testbed (see data/testbed/README.md)
+    thinksafe testbed build|check|compare …                 the offline testbed (data/testbed/README.md)
 
 ``--recipe`` is LightningCLI's ``--config`` (both work). User errors print one paragraph and exit 2;
 ``--debug`` shows the traceback.
