@@ -36,15 +36,19 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# ThinkSafe end to end on the offline testbed (data/testbed/README.md): self-generation, then the same
-# prompts answered by a teacher, each with a before/after table, then both side by side.
+# ThinkSafe end to end on the offline testbed (data/testbed/README.md): self-generation, LoRA SFT, and a
+# before/after table on held-out sets.
 quickstart: testbed
 	$(BIN)/thinksafe fit --recipe recipes/quickstart.yaml
+
+# The same prompts answered in a teacher's style, then both runs side by side (runs the quickstart first if
+# its result is missing).
+quickstart-teacher: lightning_logs/quickstart/before_after.json
 	$(BIN)/thinksafe fit --recipe recipes/quickstart-teacher.yaml
 	$(BIN)/thinksafe testbed compare
 
-quickstart-teacher: testbed
-	$(BIN)/thinksafe fit --recipe recipes/quickstart-teacher.yaml
+lightning_logs/quickstart/before_after.json: | testbed
+	$(BIN)/thinksafe fit --recipe recipes/quickstart.yaml
 
 # reuses the shipped data/testbed when it matches the current world (seconds); rebuilds it otherwise
 testbed: setup
