@@ -267,18 +267,18 @@ def score_model(pl_module: LightningModule, rows: Sequence[dict], pad_id: int, b
 
 def report(score: InDistributionScore, trainer: Trainer, step: int = 0, prefix: str = "in_distribution") -> None:
     """Log ``score`` to the trainer's loggers, print its table, and write ``<log_dir>/in_distribution.json``."""
-    import json
     from pathlib import Path
 
     from rich.console import Console
+
+    from thinksafe.data.jsonl_log import write_json_atomic
 
     for logger in trainer.loggers:
         logger.log_metrics(score.metrics(prefix), step=step)
     Console(stderr=True).print(score.table())
     if trainer.log_dir:
-        path = Path(trainer.log_dir) / f"{prefix}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(score.as_dict(), indent=2))
+        Path(trainer.log_dir).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(trainer.log_dir) / f"{prefix}.json", score.as_dict())
 
 
 def report_generated(datamodule, limit: int | None = 256, batch_size: int = 4, console=None) -> InDistributionScore:
