@@ -6,14 +6,21 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail(f"../shared not found at {SHARED}; CI provides it beside the checkout")
-    return SHARED
+def benchmark_dir() -> Path:
+    """The public benchmark files shipped in ``data/benchmarks`` (provenance in each folder's SOURCE.md)."""
+    return REPO / "data" / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def chat_templates() -> Path:
+    """The real chat templates shipped in the package (``thinksafe/model/templates``, SOURCE.md there)."""
+    from thinksafe.model.tiny import TEMPLATES
+
+    return TEMPLATES
 
 
 @pytest.fixture(scope="session")

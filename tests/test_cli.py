@@ -81,10 +81,10 @@ def test_bad_option_value_exits_2_without_traceback(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
 
 
-def test_score_command_rescores_saved_responses(tmp_path, shared_dir):
+def test_score_command_rescores_saved_responses(tmp_path, benchmark_dir):
     import json as _json
 
-    gsm = shared_dir / "benchmarks" / "gsm8k" / "test.jsonl"
+    gsm = benchmark_dir / "gsm8k" / "test.jsonl"
     items = [_json.loads(l) for l in gsm.read_text().splitlines()[:3]]
     answers = [it["answer"].split("####")[-1].strip() for it in items]
     saved = tmp_path / "saved.jsonl"

@@ -1,4 +1,4 @@
-"""Benchmark loaders on the real files in ../shared/benchmarks (row counts from its README), and spec errors."""
+"""Benchmark loaders on the real files in data/benchmarks (row counts from its README), and spec errors."""
 
 import json
 
@@ -12,8 +12,8 @@ from thinksafe.eval.benchmarks.gpqa import shuffled_options
 
 
 @pytest.fixture(scope="module")
-def bench(shared_dir):
-    return shared_dir / "benchmarks"
+def bench(benchmark_dir):
+    return benchmark_dir
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ class TinyLM(pl.LightningModule):
 
 
 @pytest.fixture()
-def probes(shared_dir):
+def probes(benchmark_dir):
     # sampled: greedy decoding of a random model gives only newlines, which no judge can judge
     return SafetyProbes(
         harmful="strongreject",
@@ -39,7 +39,7 @@ def probes(shared_dir):
         limit=2,
         max_new_tokens=12,
         do_sample=True,
-        benchmark_dir=str(shared_dir / "benchmarks"),
+        benchmark_dir=str(benchmark_dir),
     )
 
 
@@ -75,9 +75,9 @@ def test_probes_log_every_step_of_a_fit(tiny_qwen3, probes, tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before, module.model.parameters()))  # it did train
 
 
-def test_probe_sampling_leaves_the_training_rng_alone(tiny_qwen3, shared_dir):
+def test_probe_sampling_leaves_the_training_rng_alone(tiny_qwen3, benchmark_dir):
     probes = SafetyProbes(
-        math="gsm8k", limit=1, max_new_tokens=4, do_sample=True, seed=3, benchmark_dir=str(shared_dir / "benchmarks")
+        math="gsm8k", limit=1, max_new_tokens=4, do_sample=True, seed=3, benchmark_dir=str(benchmark_dir)
     )
     module = TinyLM(tiny_qwen3)
     torch.manual_seed(123)
@@ -88,8 +88,8 @@ def test_probe_sampling_leaves_the_training_rng_alone(tiny_qwen3, shared_dir):
     assert probes.probe(module.model, module.tokenizer) == first  # seeded: the same samples again
 
 
-def test_probe_sets_are_checked_at_construction(shared_dir):
-    bench = str(shared_dir / "benchmarks")
+def test_probe_sets_are_checked_at_construction(benchmark_dir):
+    bench = str(benchmark_dir)
     with pytest.raises(UserError, match="strongreject holds no benign prompts"):
         SafetyProbes(benign="strongreject", benchmark_dir=bench)
     with pytest.raises(UserError, match="math=xstest is not a reasoning benchmark"):

@@ -32,7 +32,7 @@ def read_jsonl(path):
 
 
 @pytest.mark.slow
-def test_eval_writes_results_and_score_reproduces_them(tiny_qwen3, vllm_sampler, shared_dir, tmp_path):
+def test_eval_writes_results_and_score_reproduces_them(tiny_qwen3, vllm_sampler, benchmark_dir, tmp_path):
     out = tmp_path / "eval"
     results = run_eval(
         str(tiny_qwen3),
@@ -41,7 +41,7 @@ def test_eval_writes_results_and_score_reproduces_them(tiny_qwen3, vllm_sampler,
         limit=2,
         sampler=vllm_sampler,
         sampling=SamplingConfig(n=2, max_tokens=24),
-        benchmark_dir=str(shared_dir / "benchmarks"),
+        benchmark_dir=str(benchmark_dir),
     )
 
     assert set(results) == set(BENCHMARKS)
@@ -74,13 +74,13 @@ def test_eval_writes_results_and_score_reproduces_them(tiny_qwen3, vllm_sampler,
             name,
             str(out / f"{name}.jsonl"),
             str(tmp_path / f"score-{name}"),
-            benchmark_dir=str(shared_dir / "benchmarks"),
+            benchmark_dir=str(benchmark_dir),
         )
         assert {k: summary[k] for k in results[name]} == results[name]
 
 
 @pytest.mark.slow
-def test_lora_adapter_is_served_by_vllm_unmerged(tiny_qwen3, vllm_sampler, shared_dir, tmp_path):
+def test_lora_adapter_is_served_by_vllm_unmerged(tiny_qwen3, vllm_sampler, benchmark_dir, tmp_path):
     adapter = make_adapter(tiny_qwen3, tmp_path / "adapter")
     greedy = SamplingConfig(n=1, temperature=0.0, max_tokens=16)
     lora_sampler = VLLMSampler(gpu_memory_utilization=0.1, max_model_len=2048)  # engine of its own, LoRA enabled
@@ -92,7 +92,7 @@ def test_lora_adapter_is_served_by_vllm_unmerged(tiny_qwen3, vllm_sampler, share
         limit=3,
         sampler=lora_sampler,
         sampling=greedy,
-        benchmark_dir=str(shared_dir / "benchmarks"),
+        benchmark_dir=str(benchmark_dir),
     )
     run = json.loads((out / "run.json").read_text())
     assert (run["adapter"], run["adapter_mode"]) == (str(adapter), "lora")
@@ -104,7 +104,7 @@ def test_lora_adapter_is_served_by_vllm_unmerged(tiny_qwen3, vllm_sampler, share
         limit=3,
         sampler=vllm_sampler,
         sampling=greedy,
-        benchmark_dir=str(shared_dir / "benchmarks"),
+        benchmark_dir=str(benchmark_dir),
     )
     assert base["gsm8k"]["n"] == 3
     with_adapter = [(r["response"], r["num_tokens"]) for r in read_jsonl(out / "gsm8k.jsonl")]
@@ -113,7 +113,7 @@ def test_lora_adapter_is_served_by_vllm_unmerged(tiny_qwen3, vllm_sampler, share
 
 
 @pytest.mark.slow
-def test_adapter_is_merged_for_other_samplers_and_says_so(tiny_r1, shared_dir, tmp_path, capsys):
+def test_adapter_is_merged_for_other_samplers_and_says_so(tiny_r1, benchmark_dir, tmp_path, capsys):
     adapter = make_adapter(tiny_r1, tmp_path / "adapter")
     out = tmp_path / "eval"
     results = run_eval(
@@ -124,7 +124,7 @@ def test_adapter_is_merged_for_other_samplers_and_says_so(tiny_r1, shared_dir, t
         adapter=str(adapter),
         sampler=TransformersSampler(batch_size=4),
         sampling=SamplingConfig(n=2, max_tokens=8),
-        benchmark_dir=str(shared_dir / "benchmarks"),
+        benchmark_dir=str(benchmark_dir),
         tensorboard=False,
     )
     assert results["aime24"]["n"] == 2

@@ -1,4 +1,4 @@
-"""Reasoning formats against the real chat templates in ../shared/chat_templates."""
+"""Reasoning formats against the real chat templates shipped in thinksafe/model/templates."""
 
 from __future__ import annotations
 
@@ -9,17 +9,17 @@ from thinksafe.sampling.steering import PAPER_TEMPLATE, check_template, steer
 from thinksafe.errors import UserError
 
 
-def _tok(shared_dir, name):
+def _tok(chat_templates, name):
     from thinksafe.model.tiny import build_tokenizer
 
     tok = build_tokenizer("qwen3" if name == "qwen3" else "r1")
-    tok.chat_template = (shared_dir / "chat_templates" / f"{name}.jinja").read_text()
+    tok.chat_template = (chat_templates / f"{name}.jinja").read_text()
     return tok
 
 
 @pytest.mark.parametrize("name,expected", [("qwen3", "qwen3"), ("deepseek-r1-distill", "r1")])
-def test_detects_format_from_real_templates(shared_dir, name, expected):
-    tok = _tok(shared_dir, name)
+def test_detects_format_from_real_templates(chat_templates, name, expected):
+    tok = _tok(chat_templates, name)
     gen = tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True)
     assert detect_format(tok.chat_template, gen) == expected
     assert detect_format(tok.chat_template) == expected  # from the source alone too
