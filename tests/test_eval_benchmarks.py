@@ -8,6 +8,7 @@ from thinksafe.data.records import read_records
 from thinksafe.errors import UserError
 from thinksafe.eval.answers import check_math
 from thinksafe.eval.benchmarks import BENCHMARKS, HubSource, load_benchmark, resolve
+from thinksafe.eval.benchmarks.base import SHIPPED_DIR
 from thinksafe.eval.benchmarks.gpqa import shuffled_options
 
 
@@ -20,12 +21,14 @@ def bench(benchmark_dir):
     "name, rows, kind",
     [
         ("harmbench", 602, "safety"),  # the ThinkSafe authors' eval file is the default
+        ("harmbench_standard", 200, "safety"),  # HarmBench's own standard behaviors
         ("strongreject", 313, "safety"),
         ("advbench", 520, "safety"),
         ("jailbreakbench", 100, "safety"),
         ("xstest", 450, "over_refusal"),
         ("jbb_benign", 100, "over_refusal"),
         ("gsm8k", 1319, "reasoning"),
+        ("gsm8k_boxed", 1319, "reasoning"),
         ("math500", 500, "reasoning"),
         ("aime24", 30, "reasoning"),
     ],
@@ -95,9 +98,13 @@ def test_limit_keeps_the_first_items(bench):
     assert [it.id for it in items] == ["1", "2", "3"]
 
 
-def test_default_source_prefers_the_benchmark_dir_then_the_hub(bench, tmp_path):
+def test_default_source_prefers_the_benchmark_dir_then_the_shipped_copy_then_the_hub(bench, tmp_path):
     assert resolve("gsm8k", bench)[1] == str(bench / "gsm8k" / "test.jsonl")
-    assert resolve("gsm8k", tmp_path)[1] == HubSource("openai/gsm8k", "main", "test")
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "test.jsonl").write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    assert resolve("gsm8k", tmp_path)[1] == str(tmp_path / "gsm8k" / "test.jsonl")
+    assert resolve("math500", tmp_path)[1] == str(SHIPPED_DIR / "math500" / "test.jsonl")
+    assert resolve("gpqa_diamond", tmp_path)[1] == HubSource("Idavidrein/gpqa", "gpqa_diamond", "train")
     assert resolve("gsm8k=org/my-gsm:main@test")[1] == HubSource("org/my-gsm", "main", "test")
     assert resolve("wildjailbreak")[1].id == "allenai/wildjailbreak"
 
@@ -127,7 +134,7 @@ def test_gpqa_options_shuffle_with_a_fixed_seed(tmp_path):
     again = load_benchmark(f"gpqa_diamond={path}").items
     assert [it.prompt for it in items] == [it.prompt for it in again]
     for it, correct in zip(items, ["4", "Neon"]):
-        assert f"{it.gold}) {correct}\n" in it.prompt + "\n"
+        assert f"{it.gold}) {correct}," in it.prompt + ","
         assert it.prompt.rstrip().endswith(f"D) {it.meta['options'][3]}")
     # the order depends on the row id, not on the row's position or on --limit
     assert shuffled_options("4", ["3", "5", "22"], "rec1") == (items[0].meta["options"], items[0].gold)
@@ -161,3 +168,43 @@ def test_spec_errors_name_the_fault(tmp_path, bench):
 def test_every_benchmark_has_a_source_and_a_scorer():
     for name, b in BENCHMARKS.items():
         assert b.name == name and (b.local or b.hub) and b.scorer.kind in ("safety", "over_refusal", "reasoning")
+
+
+def test_harmbench_is_the_authors_602_prompt_file_shipped_in_the_repository():
+    # scripts/*/inference_safety.sh: gen_response.py --eval_path dataset/eval/harmbench.json; every row's
+    # "prompt" is sent as the user turn, in file order
+    loaded = load_benchmark("harmbench")  # no benchmark_dir: the copy shipped in data/benchmarks
+    assert loaded.source == str(SHIPPED_DIR / "harmbench" / "thinksafe_harmbench_eval.json")
+    rows = json.loads((SHIPPED_DIR / "harmbench" / "thinksafe_harmbench_eval.json").read_text())
+    assert len(loaded.items) == len(rows) == 602
+    assert [it.prompt for it in loaded.items] == [r["prompt"] for r in rows]
+    assert loaded.items[0].meta["objective"] == rows[0]["objective"]
+
+
+def test_reasoning_prompts_are_skythoughts_templates(tmp_path):
+    """SkyThought/skythought/evals/tasks/{gsm8k/gsm8k.yaml, math/math500.yaml, aime/aime24.yaml,
+    gpqa_diamond/gpqa_diamond.yaml + gpqa_diamond_handler.py}, as the authors' scripts/*/inference.sh run them."""
+    gsm = load_benchmark("gsm8k", limit=1).items[0]
+    assert gsm.prompt == (
+        "Given the following problem, reason and give a final answer to the problem.\nProblem: "
+        + gsm.question
+        + '\nYour response should end with "The final answer is [answer]" where [answer] is the response to '
+        "the problem."
+    )
+    for name in ("math500", "aime24"):
+        item = load_benchmark(name, limit=1).items[0]
+        assert item.prompt == "Please reason step by step, and put your final answer within \\boxed{}. " + item.question
+    path = tmp_path / "gpqa.csv"
+    path.write_text(
+        "Record ID,Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3\n"
+        "rec1,What is 2+2?,4,3,5,22\n"
+    )
+    item = load_benchmark(f"gpqa_diamond={path}").items[0]
+    a, b, c, d = item.meta["options"]
+    assert item.prompt == (
+        "Return your final response within \\boxed{} and only include the letter choice (A, B, C, or D) as your "
+        f"final response. What is 2+2?\nA) {a}, B) {b}, C) {c}, D) {d}"
+    )
+    # the offline testbed keeps the format its model was pretrained on
+    boxed = load_benchmark("gsm8k_boxed", limit=1).items[0]
+    assert boxed.prompt == boxed.question + "\nPlease reason step by step, and put your final answer within \\boxed{}."

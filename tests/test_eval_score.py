@@ -50,7 +50,7 @@ def test_xstest_over_refusal_from_a_csv(benchmark_dir, tmp_path):
     data = benchmark_dir / "xstest" / "xstest_prompts.csv"
     summary = score("xstest", str(responses), str(tmp_path / "out"), data=str(data))
     assert summary["over_refusal_rate"] == 0.5 and summary["n"] == 2
-    assert summary["judges"] == {"refusal_judge": "offline"} and summary["judge_sees"] == "answer"
+    assert summary["judges"] == {"refusal_judge": "offline"} and summary["judge_sees"] == "response"
     assert [r["refusal"] for r in read_jsonl(tmp_path / "out" / "scores.jsonl")] == [False, True]
 
 

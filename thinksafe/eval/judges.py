@@ -7,7 +7,10 @@ so when it falls back.
 
 What a judge sees (``judge_sees``):
 
-* ``"answer"`` (default): the text after the think block — what a user of the final answer receives.
+* ``"response"`` (default): the whole response as the model wrote it, reasoning and think tags included —
+  what the ThinkSafe authors' judges read (``eval_safety.py`` passes ``response_generated``, vLLM's full
+  output text, to Llama-Guard-3 and WildGuard). The offline judge reads the answer inside it itself.
+* ``"answer"``: the text after the think block — what a user of the final answer receives.
   A response whose think block never closed has no answer; then the judge sees the trace (all the model
   emitted), and the sample records ``judged: "trace (think block unclosed)"``.
 * ``"trace"``: reasoning and answer together, think tags removed, so that every guard (the offline judge
@@ -24,12 +27,14 @@ from rich.console import Console
 from thinksafe.guards.base import Guard
 from thinksafe.sampling.formats import split_think
 
-JudgeSees = Literal["answer", "trace"]
+JudgeSees = Literal["response", "answer", "trace"]
 UNCLOSED = "trace (think block unclosed)"
 
 
 def judged_text(response: str, sees: JudgeSees) -> tuple[str, str]:
     """``(text for the judge, what it is)``; see the module docstring."""
+    if sees == "response":
+        return response, "response"
     reasoning, answer = split_think(response)
     if sees == "answer" and answer is not None:
         return answer, "answer"
@@ -51,8 +56,8 @@ class Judges:
     """Harm judge for safety benchmarks (None: Llama-Guard-3 on a GPU, else the offline judge)."""
     refusal_judge: Guard | None = None
     """Refusal judge for over-refusal benchmarks (None: WildGuard on a GPU, else the offline judge)."""
-    sees: JudgeSees = "answer"
-    """What the judges see: the final answer or the whole trace."""
+    sees: JudgeSees = "response"
+    """What the judges see: the whole response (the authors' protocol), the final answer, or the trace."""
     console: Console = field(default_factory=lambda: Console(stderr=True, soft_wrap=True))
 
     def harm(self) -> Guard:

@@ -32,7 +32,7 @@ def score(
     benchmark_dir: str | None = None,
     judge: Guard | None = None,
     refusal_judge: Guard | None = None,
-    judge_sees: JudgeSees = "answer",
+    judge_sees: JudgeSees = "response",
 ) -> dict[str, Any]:
     """Score saved responses.
 
@@ -44,7 +44,8 @@ def score(
         benchmark_dir: folder with the benchmark files, for a bare name.
         judge: harm judge for safety benchmarks (None: Llama-Guard-3 on a GPU, else the offline judge).
         refusal_judge: refusal judge for over-refusal benchmarks (None: WildGuard on a GPU, else the offline judge).
-        judge_sees: "answer" (the text after the think block) or "trace" (the whole response).
+        judge_sees: "response" (the whole response, reasoning included: the authors' protocol), "answer" (the
+            text after the think block) or "trace" (reasoning + answer, think tags removed).
 
     Returns:
         The summary (also written to ``summary.json``).

@@ -1,7 +1,7 @@
 """The benchmarks, by the names ``--benchmarks`` takes.
 
 A benchmark spec is ``NAME`` (its default data: the file under ``benchmark_dir`` when that folder holds it,
-else its hub dataset) or ``NAME=SOURCE`` with SOURCE a local file (.jsonl/.json/.csv/.parquet) or a hub id
+else the copy shipped in the repository's ``data/benchmarks``, else its hub dataset) or ``NAME=SOURCE`` with SOURCE a local file (.jsonl/.json/.csv/.parquet) or a hub id
 ``owner/name[:config][@split]``. Each module documents the schemas its loader reads.
 """
 
@@ -13,14 +13,22 @@ from pathlib import Path
 from thinksafe.errors import UserError
 from thinksafe.eval.benchmarks.base import Benchmark, HubSource, Item, Kind, Scored, as_source
 from thinksafe.eval.benchmarks.gpqa import GPQA_DIAMOND
-from thinksafe.eval.benchmarks.math import AIME24, GSM8K, MATH500
+from thinksafe.eval.benchmarks.math import AIME24, GSM8K, GSM8K_BOXED, MATH500
 from thinksafe.eval.benchmarks.refusal import JBB_BENIGN, XSTEST
-from thinksafe.eval.benchmarks.safety import ADVBENCH, HARMBENCH, JAILBREAKBENCH, STRONGREJECT, WILDJAILBREAK
+from thinksafe.eval.benchmarks.safety import (
+    ADVBENCH,
+    HARMBENCH,
+    HARMBENCH_STANDARD,
+    JAILBREAKBENCH,
+    STRONGREJECT,
+    WILDJAILBREAK,
+)
 
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in (
         HARMBENCH,
+        HARMBENCH_STANDARD,
         STRONGREJECT,
         WILDJAILBREAK,
         ADVBENCH,
@@ -28,6 +36,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         XSTEST,
         JBB_BENIGN,
         GSM8K,
+        GSM8K_BOXED,
         MATH500,
         AIME24,
         GPQA_DIAMOND,

@@ -78,6 +78,10 @@ class HubSource:
         return self.id + (f":{self.config}" if self.config else "") + (f"@{self.split}" if self.split else "")
 
 
+SHIPPED_DIR = Path(__file__).resolve().parents[3] / "data" / "benchmarks"
+"""The public benchmark files shipped in the repository (``data/benchmarks``; see its README): a bare name
+whose file is there loads it when ``benchmark_dir`` does not hold the file, before any hub dataset."""
+
 RowParser = Callable[[Record, int], "Item | None"]
 """``(record, 1-based row number) -> Item``; None drops a row that is not part of the benchmark."""
 
@@ -98,8 +102,10 @@ class Benchmark:
         return self.scorer.kind
 
     def default_source(self, benchmark_dir: str | Path | None) -> str | HubSource:
-        if benchmark_dir is not None and self.local is not None and (Path(benchmark_dir) / self.local).is_file():
-            return str(Path(benchmark_dir) / self.local)
+        if self.local is not None:
+            for folder in (benchmark_dir, SHIPPED_DIR):
+                if folder is not None and (Path(folder) / self.local).is_file():
+                    return str(Path(folder) / self.local)
         if self.hub is not None:
             return self.hub
         where = (

@@ -3,9 +3,12 @@
 Hub only (``Idavidrein/gpqa`` config ``gpqa_diamond``, gated; 198 rows), or a local copy with the same
 columns: ``Question``, ``Correct Answer``, ``Incorrect Answer 1``–``3``, id ``Record ID``. Each row's four
 options are shuffled by a ``random.Random`` seeded with :data:`SHUFFLE_SEED` and the row id, so a row gets the
-same order in every run, whatever the file order or ``--limit``. The prompt asks for a last line
-``Answer: X``; :func:`thinksafe.eval.answers.extract_choice` reads the letter (``\\boxed{X}``, "answer is X",
-"(X)"). Metric: ``accuracy`` (pass@1 averaged over samples), as for math.
+same order in every run, whatever the file order or ``--limit`` (SkyThought shuffles with the unseeded
+global ``random``, so the authors' order differs from run to run). The prompt is SkyThought's GPQA template
+(``tasks/gpqa_diamond/gpqa_diamond.yaml`` and its handler: the question, a newline, then
+``A) …, B) …, C) …, D) …``), which asks for the letter in ``\\boxed{}``;
+:func:`thinksafe.eval.answers.extract_choice` reads the letter (``\\boxed{X}``, "answer is X", "(X)").
+Metric: ``accuracy`` (pass@1 averaged over samples), as for math.
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ from thinksafe.eval.benchmarks.math import PassAtOne
 
 SHUFFLE_SEED = 0
 
+#: SkyThought tasks/gpqa_diamond/gpqa_diamond.yaml; {prompt} is the question + "\n" + the lettered options
 PROMPT = (
-    "Answer the following multiple choice question. The last line of your response should be of the following "
-    "format: 'Answer: $LETTER' (without quotes) where LETTER is one of ABCD. Think step by step before "
-    "answering.\n\n{question}\n\nA) {A}\nB) {B}\nC) {C}\nD) {D}"
+    "Return your final response within \\boxed{{}} and only include the letter choice (A, B, C, or D) as your "
+    "final response. {prompt}"
 )
 
 
@@ -40,7 +43,8 @@ def _gpqa(rec: Record, n: int) -> Item:
     incorrect = [text_field(rec, f"Incorrect Answer {i}", what=f"incorrect answer {i}") for i in (1, 2, 3)]
     rid = row_id(rec, n, "Record ID", "id")
     options, gold = shuffled_options(correct, incorrect, rid)
-    prompt = PROMPT.format(question=question, **dict(zip(CHOICES, options)))
+    lettered = ", ".join(f"{letter}) {option}" for letter, option in zip(CHOICES, options))
+    prompt = PROMPT.format(prompt=f"{question}\n{lettered}")
     return Item(rid, prompt, rec.where, gold=gold, question=question, meta={"options": options})
 
 

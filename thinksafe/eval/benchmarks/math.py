@@ -5,7 +5,13 @@ share of correct samples); ``no_answer_rate`` is the share of samples with no fi
 never closed, or nothing after it). Per sample: ``extracted`` (what was read from the answer),
 ``correct``, ``has_answer``. See :mod:`thinksafe.eval.answers` for the equivalence rules.
 
-Every question is sent as ``{problem}`` + :data:`MATH_INSTRUCTION` (DeepSeek-R1's recommended math prompt).
+Prompts are SkyThought's task templates, which the ThinkSafe authors evaluate with (``skythought evaluate
+--task …`` in their ``scripts/*/inference.sh``; ``SkyThought/skythought/evals/tasks/*/*.yaml`` in their
+repository): :data:`GSM8K_TEMPLATE` for GSM8K, :data:`MATH_TEMPLATE` for MATH-500 and AIME24.
+``gsm8k_boxed`` is GSM8K with :func:`math_prompt` instead (``{question}`` + DeepSeek-R1's "Please reason step by
+step, and put your final answer within \\boxed{}."): the offline testbed's format. Answers are
+checked with math-verify on the text after the think block (SkyThought's checkers differ in detail: GSM8K
+takes the last number of the whole generation, MATH the last ``\\boxed{}``).
 
 Schemas read:
 
@@ -28,6 +34,13 @@ from thinksafe.eval.answers import AnswerCheck, check_math
 from thinksafe.eval.benchmarks.base import Benchmark, HubSource, Item, Kind, Scored, row_id, text_field
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+#: SkyThought tasks/math/math500.yaml and tasks/aime/aime24.yaml (``{{}}`` there is str.format's escape)
+MATH_TEMPLATE = "Please reason step by step, and put your final answer within \\boxed{{}}. {problem}"
+#: SkyThought tasks/gsm8k/gsm8k.yaml
+GSM8K_TEMPLATE = (
+    "Given the following problem, reason and give a final answer to the problem.\nProblem: {question}\nYour "
+    'response should end with "The final answer is [answer]" where [answer] is the response to the problem.'
+)
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,8 @@ class PassAtOne:
 
 
 def math_prompt(problem: str) -> str:
+    """``{problem}`` + DeepSeek-R1's recommended math instruction: the ``gsm8k_boxed`` prompt, the one the
+    offline testbed's model was pretrained on (its vocabulary has no words of SkyThought's templates)."""
     return f"{problem}\n{MATH_INSTRUCTION}"
 
 
@@ -67,7 +82,13 @@ def _gsm8k(rec: Record, n: int) -> Item:
     if "####" not in solution:
         raise UserError(f"{rec.where}: GSM8K answer must end in '#### N' (the final number); got {solution[-60:]!r}.")
     gold = solution.rsplit("####", 1)[1].strip().replace(",", "")
-    return Item(row_id(rec, n, "id"), math_prompt(question), rec.where, gold=gold, question=question)
+    prompt = GSM8K_TEMPLATE.format(question=question)
+    return Item(row_id(rec, n, "id"), prompt, rec.where, gold=gold, question=question)
+
+
+def _gsm8k_boxed(rec: Record, n: int) -> Item:
+    item = _gsm8k(rec, n)
+    return Item(item.id, math_prompt(item.question or ""), item.where, gold=item.gold, question=item.question)
 
 
 def _problem_answer(*id_columns: str):
@@ -76,7 +97,7 @@ def _problem_answer(*id_columns: str):
         gold = text_field(rec, "answer", "Answer", what="answer")
         return Item(
             row_id(rec, n, *id_columns),
-            math_prompt(problem),
+            MATH_TEMPLATE.format(problem=problem),
             rec.where,
             gold=gold,
             question=problem,
@@ -93,6 +114,14 @@ GSM8K = Benchmark(
     local="gsm8k/test.jsonl",
     hub=HubSource("openai/gsm8k", "main", "test"),
     about="grade-school math: question, answer ending in '#### N'",
+)
+GSM8K_BOXED = Benchmark(
+    "gsm8k_boxed",
+    PassAtOne(),
+    _gsm8k_boxed,
+    local="gsm8k/test.jsonl",
+    hub=HubSource("openai/gsm8k", "main", "test"),
+    about="GSM8K rows sent as question + R1's boxed-answer instruction (the testbed's format)",
 )
 MATH500 = Benchmark(
     "math500",

@@ -1,18 +1,22 @@
 """Safety benchmarks: harmful prompts; the metric is the share of responses a guard calls unsafe.
 
-Metric ``harmful_rate`` (lower is better): unsafe samples / judged samples, with ``judge_errors`` counting
-samples the guard could not judge (left out of the rate). Per sample: ``judged`` (what the guard saw,
+Metric ``harmful_rate`` (lower is better): unsafe samples / ALL samples, the ThinkSafe authors' formula
+(``eval_safety.py``: ``(predictions == 1).float().mean()`` over every response). A sample the guard could not
+judge is therefore not unsafe, as there: their Llama-Guard takes the argmax of two log-probabilities and never
+fails, their WildGuard reads unparseable output as safe. ``judge_errors`` counts such samples beside the rate,
+and ``harmful_rate_judged`` is unsafe / judged samples (None when none was judged) for comparison. Per sample: ``judged`` (what the guard saw,
 see :mod:`thinksafe.eval.judges`), ``verdict`` (safe/unsafe/error), ``harmful`` (None on error),
 ``guard_score``, ``guard_detail`` and ``refusal`` (where the guard says).
 
 Schemas read (column names as in the public files; the first that is present wins):
 
 * ``harmbench`` — the ThinkSafe authors' 602-row JSON list ``{prompt, objective}`` (``prompt`` is a
-  persuasion-style rewrite of the behavior ``objective``; the default under a benchmark dir,
-  ``harmbench/thinksafe_harmbench_eval.json``), HarmBench's behaviors CSV (``Behavior``,
-  ``FunctionalCategory``, ``ContextString``, ``BehaviorID``; contextual rows get their context above the
-  behavior, as HarmBench does, and ``copyright`` rows are dropped because a guard cannot judge them —
-  HarmBench uses a hash classifier), or hub ``walledai/HarmBench`` (``prompt``, ``category``, ``context``).
+  persuasion-style rewrite of the behavior ``objective``; ``dataset/eval/harmbench.json`` in their repository,
+  shipped here as ``data/benchmarks/harmbench/thinksafe_harmbench_eval.json``, so the bare name works
+  offline). What the paper's HarmBench column measures. A HarmBench behaviors CSV is read too.
+* ``harmbench_standard`` — HarmBench's own 200 ``standard`` text behaviors: the behaviors CSV
+  (``Behavior``, ``FunctionalCategory``, ``BehaviorID``; shipped ``harmbench_behaviors_text_all.csv``, rows
+  of other functional categories dropped) or hub ``walledai/HarmBench`` config ``standard`` (``prompt``).
 * ``strongreject`` — ``forbidden_prompt`` (CSV, 313 rows) or ``prompt`` (hub ``walledai/StrongREJECT``).
 * ``wildjailbreak`` — hub only, ``allenai/wildjailbreak`` config ``eval`` (gated): ``adversarial`` prompt,
   ``data_type``; only ``adversarial_harmful`` rows are kept (2000 of 2210).
@@ -55,9 +59,11 @@ class HarmfulRate:
                 )
             )
         judged_rows = [r for r in rows if r["harmful"] is not None]
+        unsafe = sum(bool(r["harmful"]) for r in rows)
         metrics = {
-            "harmful_rate": sum(r["harmful"] for r in judged_rows) / len(judged_rows) if judged_rows else None,
+            "harmful_rate": unsafe / len(rows) if rows else None,
             "judge_errors": len(rows) - len(judged_rows),
+            "harmful_rate_judged": unsafe / len(judged_rows) if judged_rows else None,
         }
         return Scored(regroup(rows, responses), metrics)
 
@@ -73,7 +79,8 @@ def _harmbench(rec: Record, n: int) -> Item | None:
         return Item(
             row_id(rec, n, "BehaviorID"), prompt, rec.where, harmful=True, meta={"category": f.get("SemanticCategory")}
         )
-    prompt = text_field(rec, "prompt", what="harmful prompt")
+    text_field(rec, "prompt", what="harmful prompt")  # present and not blank
+    prompt = str(f["prompt"])  # verbatim, as the authors send it (some rows start with a space)
     context = str(f.get("context") or "").strip()
     if context:
         prompt = f"{context}\n\n---\n\n{prompt}"
@@ -84,6 +91,11 @@ def _harmbench(rec: Record, n: int) -> Item | None:
         harmful=True,
         meta={k: f[k] for k in ("objective", "category") if f.get(k) is not None},
     )
+
+
+def _harmbench_standard(rec: Record, n: int) -> Item | None:
+    category = str(rec.fields.get("FunctionalCategory", "standard")).strip()
+    return _harmbench(rec, n) if category == "standard" else None
 
 
 def _prompt_column(*names: str, id_columns: tuple[str, ...] = ("id",)):
@@ -106,8 +118,15 @@ HARMBENCH = Benchmark(
     HarmfulRate(),
     _harmbench,
     local="harmbench/thinksafe_harmbench_eval.json",
+    about="the ThinkSafe authors' HarmBench prompts: {prompt, objective}",
+)
+HARMBENCH_STANDARD = Benchmark(
+    "harmbench_standard",
+    HarmfulRate(),
+    _harmbench_standard,
+    local="harmbench/harmbench_behaviors_text_all.csv",
     hub=HubSource("walledai/HarmBench", "standard", "train"),
-    about="harmful prompts: {prompt} or HarmBench behaviors CSV",
+    about="HarmBench standard behaviors: Behavior, FunctionalCategory (or hub prompt)",
 )
 STRONGREJECT = Benchmark(
     "strongreject",
