@@ -29,8 +29,10 @@ def test_gsm8k_by_id_and_by_question(benchmark_dir, tmp_path):
     responses = write_jsonl(tmp_path / "responses.jsonl", rows)
     summary = score("gsm8k", str(responses), str(tmp_path / "out"), benchmark_dir=str(benchmark_dir))
     # item 1: 1 of 2 samples right; item 2: right  -> pass@1 averaged over samples = (0.5 + 1) / 2
+    protocol = summary.pop("protocol")
     assert summary == {"benchmark": "gsm8k", "n": 2, "accuracy": 0.75, "no_answer_rate": pytest.approx(1 / 3)}
-    assert json.loads((tmp_path / "out" / "summary.json").read_text()) == summary
+    assert protocol["kind"] == "reasoning" and protocol["template"].startswith("Given the following problem")
+    assert json.loads((tmp_path / "out" / "summary.json").read_text()) == {**summary, "protocol": protocol}
     scores = read_jsonl(tmp_path / "out" / "scores.jsonl")
     assert [(r["run"], r["correct"], r["has_answer"]) for r in scores] == [
         ("a", True, True),
@@ -51,6 +53,7 @@ def test_xstest_over_refusal_from_a_csv(benchmark_dir, tmp_path):
     summary = score("xstest", str(responses), str(tmp_path / "out"), data=str(data))
     assert summary["over_refusal_rate"] == 0.5 and summary["n"] == 2
     assert summary["judges"] == {"refusal_judge": "offline"} and summary["judge_sees"] == "response"
+    assert summary["protocol"]["judge_reads"] == "response" and summary["protocol"]["refusal_judge"] == "offline"
     assert [r["refusal"] for r in read_jsonl(tmp_path / "out" / "scores.jsonl")] == [False, True]
 
 

@@ -25,12 +25,6 @@ from thinksafe.sampling.steering import PAPER_TEMPLATE, check_template
 from thinksafe.sampling.vllm_sampler import VLLMSampler
 
 
-def _default_guard():
-    from thinksafe.guards.offline import OfflineJudge
-
-    return OfflineJudge()
-
-
 class SafetyDataModule(L.LightningDataModule):
     """Self-generated safety data for SFT.
 
@@ -41,7 +35,8 @@ class SafetyDataModule(L.LightningDataModule):
             stats.json); a finished directory with the same settings is reused as is.
         chunk_size: prompts per appended chunk (the unit of resumption).
         sampler: how responses are sampled (VLLMSampler, or TransformersSampler on machines without vLLM).
-        guard: who judges responses (LlamaGuard3, WildGuard, or the approximate OfflineJudge).
+        guard: who judges responses (LlamaGuard3, WildGuard, or the approximate OfflineJudge); required by the
+            data stage, which never picks one itself.
         sampling: temperature, top_p, top_k, max_tokens, samples per prompt, seed.
         steering_template: the user turn sent for harmful prompts; ``{prompt}`` marks the prompt.
         reasoning_format: auto (from the chat template), qwen3, r1 or plain.
@@ -99,7 +94,7 @@ class SafetyDataModule(L.LightningDataModule):
         self.output_dir = output_dir
         self.chunk_size = chunk_size
         self.sampler = sampler
-        self.guard = guard if guard is not None else _default_guard()
+        self.guard = guard
         self.sampling = sampling
         self.steering_template = check_template(steering_template)
         self.reasoning_format = reasoning_format
@@ -139,6 +134,14 @@ class SafetyDataModule(L.LightningDataModule):
 
     def build_safety_set(self) -> SelfGenResult:
         """The data stage: validate the prompts, then sample, check, guard and keep (or resume/reuse)."""
+        if self.guard is None:
+            raise UserError(
+                "data.guard is not set: the data stage keeps only responses a guard finds safe, and thinksafe "
+                "does not pick one silently. Name it in the recipe, e.g. data.guard.class_path: "
+                "thinksafe.guards.LlamaGuard3 (the paper's, needs a GPU) or thinksafe.guards.WildGuard; "
+                "thinksafe.guards.OfflineJudge is an approximate phrase-list judge for tests and the offline "
+                "testbed, and is used only when named."
+            )
         prompts = load_prompts(self.prompts)  # validates every row before anything is written
         self.selfgen = build_selfgen(
             output_dir=self.output_dir, model=self._model(), prompts=prompts, sampler=self.sampler,

@@ -1,8 +1,9 @@
 """What an evaluation writes: per-sample rows, ``results.json``, ``results.md`` and TensorBoard scalars.
 
-``results.json`` is ``{benchmark: {metric: value, …, "n": items evaluated}}``; ``results.md`` is the same
-as a table; ``<benchmark>.jsonl`` holds one row per sample (``id``, ``sample``, ``prompt``, ``response``
-and the benchmark's verdict fields), which ``thinksafe score`` can read back.
+``results.json`` is ``{benchmark: {metric: value, …, "n": items evaluated}, …, "protocol": {…}}`` (the
+protocol: see :mod:`thinksafe.eval.runner`); ``results.md`` is the metrics as a table; ``<benchmark>.jsonl``
+holds one row per sample (``id``, ``sample``, ``prompt``, ``response`` and the benchmark's verdict fields),
+which ``thinksafe score`` can read back.
 """
 
 from __future__ import annotations
@@ -60,9 +61,11 @@ def markdown_table(results: Results) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(out: str | Path, results: Results, tensorboard: bool = True) -> None:
+def write_results(
+    out: str | Path, results: Results, tensorboard: bool = True, protocol: dict[str, Any] | None = None
+) -> None:
     out = Path(out)
-    write_json_atomic(out / "results.json", results)
+    write_json_atomic(out / "results.json", {**results, "protocol": protocol} if protocol is not None else results)
     table = markdown_table(results)
     (out / "results.md").write_text(table, encoding="utf-8")
     if tensorboard:

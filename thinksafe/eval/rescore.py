@@ -6,8 +6,9 @@ its 1-based row number — as in ``OUT/<benchmark>.jsonl`` of ``thinksafe eval``
 as in the benchmark file, or the prompt as sent). Several rows per item are samples of it.
 
 Writes ``OUT/scores.jsonl`` (each input row plus the benchmark's verdict fields, e.g. ``correct``,
-``refusal``, ``harmful``) and ``OUT/summary.json`` (``benchmark``, ``n`` items scored, the metrics, and the
-judges and what they saw where judges were used).
+``refusal``, ``harmful``) and ``OUT/summary.json`` (``benchmark``, ``n`` items scored, the metrics, the
+judges and what they saw where judges were used, and ``protocol``: judges, what they read, the benchmark's
+source, template and formula).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from thinksafe.data.records import Record, read_records
 from thinksafe.errors import UserError
 from thinksafe.eval.benchmarks import Item, load_benchmark
 from thinksafe.eval.judges import Judges, JudgeSees
+from thinksafe.eval.protocol import benchmark_protocol, judge_protocol
 from thinksafe.eval.report import write_jsonl
 from thinksafe.guards.base import Guard
 
@@ -74,6 +76,7 @@ def score(
     summary: dict[str, Any] = {"benchmark": loaded.name, "n": len(items), **scored.metrics}
     if judges.names():
         summary.update(judges=judges.names(), judge_sees=judge_sees)
+    summary["protocol"] = {**judge_protocol(judges, {loaded.benchmark.kind}), **benchmark_protocol(loaded)}
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "scores.jsonl", out_rows)

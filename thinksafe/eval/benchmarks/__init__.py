@@ -1,8 +1,9 @@
 """The benchmarks, by the names ``--benchmarks`` takes.
 
 A benchmark spec is ``NAME`` (its default data: the file under ``benchmark_dir`` when that folder holds it,
-else the copy shipped in the repository's ``data/benchmarks``, else its hub dataset) or ``NAME=SOURCE`` with SOURCE a local file (.jsonl/.json/.csv/.parquet) or a hub id
-``owner/name[:config][@split]``. Each module documents the schemas its loader reads.
+else the copy shipped in the repository's ``data/benchmarks``, else its hub dataset) or ``NAME=SOURCE`` with
+SOURCE a local file (.jsonl/.json/.csv/.parquet) or a hub id ``owner/name[:config][@split]``.
+Each module documents the schemas its loader reads.
 """
 
 from __future__ import annotations

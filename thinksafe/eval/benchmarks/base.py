@@ -59,6 +59,8 @@ class Scorer(Protocol):
     """Turns responses (full text, think block included) into per-sample verdicts and metrics."""
 
     kind: ClassVar[Kind]
+    formula: ClassVar[str]
+    """The metric's formula, as recorded in ``results.json``'s protocol."""
 
     def score(self, items: list[Item], responses: list[list[str]], judges) -> Scored: ...
 
@@ -96,6 +98,8 @@ class Benchmark:
     hub: HubSource | None = None
     """The hub dataset used otherwise."""
     about: str = ""
+    template: str = "{prompt}"
+    """The user turn built from a row (recorded in ``results.json``'s protocol)."""
 
     @property
     def kind(self) -> Kind:

@@ -54,4 +54,5 @@ GPQA_DIAMOND = Benchmark(
     _gpqa,
     hub=HubSource("Idavidrein/gpqa", "gpqa_diamond", "train"),
     about="GPQA: Question, Correct Answer, Incorrect Answer 1-3",
+    template=PROMPT.replace("{{}}", "{}").replace("{prompt}", "{Question}\nA) …, B) …, C) …, D) …"),
 )

@@ -49,6 +49,10 @@ class PassAtOne:
 
     check: Callable[[str, str], AnswerCheck] = check_math
     kind: ClassVar[Kind] = "reasoning"
+    formula: ClassVar[str] = (
+        "accuracy = mean over questions of (correct samples / samples), the answer after the think block "
+        "checked against the reference; no_answer_rate = samples without an answer / all samples"
+    )
 
     def score(self, items: list[Item], responses: list[list[str]], judges=None) -> Scored:
         samples, per_item, no_answer, total = [], [], 0, 0
@@ -114,6 +118,7 @@ GSM8K = Benchmark(
     local="gsm8k/test.jsonl",
     hub=HubSource("openai/gsm8k", "main", "test"),
     about="grade-school math: question, answer ending in '#### N'",
+    template=GSM8K_TEMPLATE,
 )
 GSM8K_BOXED = Benchmark(
     "gsm8k_boxed",
@@ -122,6 +127,7 @@ GSM8K_BOXED = Benchmark(
     local="gsm8k/test.jsonl",
     hub=HubSource("openai/gsm8k", "main", "test"),
     about="GSM8K rows sent as question + R1's boxed-answer instruction (the testbed's format)",
+    template="{question}\n" + MATH_INSTRUCTION,
 )
 MATH500 = Benchmark(
     "math500",
@@ -130,6 +136,7 @@ MATH500 = Benchmark(
     local="math500/test.jsonl",
     hub=HubSource("HuggingFaceH4/MATH-500", None, "test"),
     about="competition math: problem, answer",
+    template=MATH_TEMPLATE.replace("{{}}", "{}"),
 )
 AIME24 = Benchmark(
     "aime24",
@@ -138,4 +145,5 @@ AIME24 = Benchmark(
     local="aime24/test.jsonl",
     hub=HubSource("HuggingFaceH4/aime_2024", None, "train"),
     about="AIME 2024: problem, answer",
+    template=MATH_TEMPLATE.replace("{{}}", "{}"),
 )
