@@ -26,7 +26,8 @@ def test_every_recipe_parses_and_starts_with_its_command(recipe):
     out = thinksafe("fit", "--recipe", str(recipe), "--print_config")
     assert out.returncode == 0, out.stderr[-2000:]
     cfg = yaml.safe_load(out.stdout)
-    assert cfg["model"]["name_or_path"] and cfg["data"]["sampler"]["class_path"]
+    assert cfg["model"]["class_path"].endswith("ThinkSafeModule")  # recipes give its init args without class_path
+    assert cfg["model"]["init_args"]["name_or_path"] and cfg["data"]["sampler"]["class_path"]
 
 
 def test_overrides_are_honoured():
@@ -35,7 +36,7 @@ def test_overrides_are_honoured():
     assert out.returncode == 0, out.stderr[-2000:]
     cfg = yaml.safe_load(out.stdout)
     assert cfg["trainer"]["max_steps"] == 20
-    assert cfg["model"]["adapter"]["init_args"]["r"] == 16
+    assert cfg["model"]["init_args"]["adapter"]["init_args"]["r"] == 16
     assert cfg["data"]["sampling"]["n"] == 3
     assert "model_name_or_path" not in cfg["data"]  # linked from model.name_or_path, not a recipe key
 

@@ -62,8 +62,14 @@ def compare_runs(runs: list[str] = ["lightning_logs/quickstart", "lightning_logs
 
 
 def main(argv: list[str]) -> None:
-    from jsonargparse import auto_cli
+    from jsonargparse import auto_cli, auto_parser
 
-    result = auto_cli({"build": build_testbed, "check": check_testbed, "compare": compare_runs}, args=argv, prog="thinksafe testbed")
+    from thinksafe.errors import parse_args
+    from thinksafe.lightning_cli import strict_parser_kwargs
+
+    commands = {"build": build_testbed, "check": check_testbed, "compare": compare_runs}
+    kwargs = strict_parser_kwargs({"prog": "thinksafe testbed"})
+    parse_args(auto_parser(commands, **kwargs), argv, "thinksafe testbed")  # a user error is explained before anything runs
+    result = auto_cli(commands, args=argv, **kwargs)
     if hasattr(result, "root"):
         print(result.root)

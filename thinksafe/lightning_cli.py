@@ -1,0 +1,106 @@
+"""The LightningCLI behind ``thinksafe fit`` and ``thinksafe generate``, and reading a recipe with it.
+
+A recipe is a LightningCLI config: ``model`` (a LightningModule, :class:`ThinkSafeModule` unless the recipe
+names another with ``class_path``), ``data`` (:class:`SafetyDataModule`), ``trainer`` and ``seed_everything``.
+The optimizer is the module's own ``configure_optimizers`` (``model.lr`` …): the weights exist only after
+``configure_model``, so LightningCLI's ``--optimizer`` is not offered.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from jsonargparse import ActionConfigFile, Namespace
+
+from thinksafe.errors import UserError, parse_args
+
+RECIPE_HELP = "a recipe (YAML file of the settings below; recipes/*.yaml); --section.key=value flags after it override it"
+DEFAULT_MODULE = "thinksafe.model.module.ThinkSafeModule"
+# `thinksafe` gives LightningCLI the arguments itself and leaves sys.argv as launched, so that Lightning's DDP
+# launcher can start the other ranks with the same command line; LightningCLI warns when it sees both
+warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+
+
+def strict_parser_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Parser settings of every thinksafe parser: errors are raised (the CLI explains them), no abbreviations."""
+    return {"exit_on_error": False, "allow_abbrev": False, **kwargs}
+
+
+class ThinkSafeCLI(LightningCLI):
+    def __init__(self, args: list[str], run: bool = True, prog: str = "thinksafe", **kwargs: Any) -> None:
+        self.prog = prog
+        from thinksafe.data.datamodule import SafetyDataModule
+        from thinksafe.model.module import ThinkSafeModule
+
+        super().__init__(
+            ThinkSafeModule,
+            SafetyDataModule,
+            subclass_mode_model=True,  # a recipe may name another LightningModule with class_path
+            auto_configure_optimizers=False,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # only fit: the module has no validation/test/predict steps
+        return {"fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"}}
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        import lightning.pytorch as pl
+
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={pl.__version__}"])
+        kwargs.setdefault("prog", self.prog)
+        parser = self.parser_class(**strict_parser_kwargs(kwargs))
+        parser.add_argument("--recipe", "-c", "--config", action=ActionConfigFile, help=RECIPE_HELP)
+        return parser
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
+        self.config = parse_args(parser, args, prog=self.prog if not args or args[0] != "fit" else f"{self.prog} fit")
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # recipes give ThinkSafeModule's arguments without class_path
+        parser.set_defaults({"model": {"class_path": DEFAULT_MODULE}})
+        # the data side samples from the model being trained
+        parser.link_arguments("model.init_args.name_or_path", "data.model_name_or_path")
+
+    def before_fit(self) -> None:
+        from thinksafe.metrics.in_distribution import InDistributionLogger
+
+        ckpt = self.config.fit.get("ckpt_path")
+        if ckpt and ckpt not in ("last", "best", "hpc") and "://" not in ckpt and not ckpt.startswith("registry"):
+            if not Path(ckpt).is_file():
+                raise UserError(f"--ckpt_path: {ckpt} is not a file; give a checkpoint (.ckpt) that exists, or 'last'.")
+        self.datamodule.recipe = plain(self.config.fit)
+        # the training set's in-distribution score under the initial model, logged when fit starts
+        rows = self.datamodule.in_distribution_rows
+        if rows != 0 and not any(isinstance(c, InDistributionLogger) for c in self.trainer.callbacks):
+            self.trainer.callbacks.append(InDistributionLogger(limit=rows))
+
+
+class _RecipeReader(ThinkSafeCLI):
+    def instantiate_classes(self) -> None:
+        """Parse and validate only: nothing is built."""
+
+
+def read_recipe(path: str) -> Namespace:
+    """The recipe at ``path`` parsed and validated as ``thinksafe generate`` would, without building anything."""
+    return _RecipeReader(["--recipe", str(path)], run=False, seed_everything_default=False).config
+
+
+def plain(cfg: Any) -> Any:
+    """A JSON-able copy of a jsonargparse Namespace (for the manifest)."""
+    if isinstance(cfg, Namespace):
+        return {k: plain(v) for k, v in vars(cfg).items()}
+    if isinstance(cfg, dict):
+        return {k: plain(v) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [plain(v) for v in cfg]
+    if isinstance(cfg, (str, int, float, bool)) or cfg is None:
+        return cfg
+    return str(cfg)
