@@ -46,16 +46,14 @@ def synthetic_loader(vocab: int, batches: int, batch_size: int, seq_len: int, pr
     import torch
     from torch.utils.data import DataLoader
 
-    from thinksafe.data.chat import collate
-    from thinksafe.data.prompts import LABELS
+    from thinksafe.rows import LABELS, EncodedRow, collate
 
     g = torch.Generator().manual_seed(0)
     rows = []
     for i in range(batches * batch_size):
         ids = torch.randint(10, vocab, (seq_len,), generator=g).tolist()
         label = LABELS[i % len(LABELS)]
-        rows.append({"input_ids": ids, "labels": [-100] * prompt_len + ids[prompt_len:], "harmful": "harmful" in label,
-                     "label": label})
+        rows.append(EncodedRow(ids, [-100] * prompt_len + ids[prompt_len:], label))
     return DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=lambda b: collate(b, pad_id=0))
 
 

@@ -105,10 +105,9 @@ def write_model(directory: Path, shape: str, dtype: str, device: str) -> Path:
     return directory
 
 
-def trace_rows(n: int, max_length: int, vocab: int, seed: int) -> list[dict]:
+def trace_rows(n: int, max_length: int, vocab: int, seed: int) -> list:
     """Encoded rows (as ChatEncoder makes them) with reasoning-trace lengths: long-tailed responses."""
-    from thinksafe.data.chat import IGNORE_INDEX
-    from thinksafe.data.prompts import LABELS
+    from thinksafe.rows import IGNORE_INDEX, LABELS, EncodedRow
 
     rng = random.Random(seed)
     rows = []
@@ -118,8 +117,7 @@ def trace_rows(n: int, max_length: int, vocab: int, seed: int) -> list[dict]:
         length = min(prompt + response, max_length)
         ids = [rng.randrange(10, vocab) for _ in range(length)]
         label = LABELS[i % len(LABELS)]
-        rows.append(dict(input_ids=ids, labels=[IGNORE_INDEX] * prompt + ids[prompt:], harmful="harmful" in label,
-                         label=label))
+        rows.append(EncodedRow(ids, [IGNORE_INDEX] * prompt + ids[prompt:], label))
     return rows
 
 
@@ -230,7 +228,7 @@ def fixed_batches(rows: list[dict], batch_size: int, pad_id: int, seed: int) -> 
     import torch
     from torch.utils.data import DataLoader
 
-    from thinksafe.data.chat import collate
+    from thinksafe.rows import collate
 
     g = torch.Generator().manual_seed(seed)
     return list(DataLoader(rows, batch_size=batch_size, shuffle=True, generator=g,
@@ -292,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
     # the setups take turns, --repeats times, and each reports its median epoch: a change of the machine's load
     # during the run then weighs on every setup alike instead of on whichever ran at that moment
     runs: dict[str, list[dict]] = {name: [] for name in setups}
-    lengths = [len(rows[i]["input_ids"]) for i in range(len(rows))]
+    lengths = [len(rows[i].input_ids) for i in range(len(rows))]
     for repeat in range(args.repeats):
         for name, setup in setups.items():
             set_gradient_checkpointing(module.model, setup["checkpointing"])

@@ -27,7 +27,7 @@ from thinksafe.data.batching import (
     token_budget_loader,
     worst_case_batch,
 )
-from thinksafe.data.chat import IGNORE_INDEX, ChatEncoder, collate
+from thinksafe.rows import IGNORE_INDEX, ChatEncoder, EncodedRow, collate
 from thinksafe.errors import UserError
 
 
@@ -125,7 +125,7 @@ def trace_rows(model_dir: Path, n: int = 14) -> tuple[list[dict], int]:
         reasoning = " ".join(rng.choice(["First", "compute", "the", "sum.", "Then", "divide", "by", "two."])
                              for _ in range(rng.choice([3, 8, 20, 45])))
         ids, lab = enc.encode(f"How do I bake bread {i}?", f"<think>\n{reasoning}\n</think>\n\nThe answer is {i}.")
-        rows.append(dict(input_ids=ids, labels=lab, harmful="harmful" in labels[i % 4], label=labels[i % 4]))
+        rows.append(EncodedRow(ids, lab, labels[i % 4]))
     return rows, tok.pad_token_id
 
 
@@ -160,7 +160,7 @@ def test_planned_step_has_the_unbatched_loss_and_gradient(module, tiny_qwen3, wo
     """Micro-batches (padded, several per step, split over ranks) with loss_scale reproduce the token-mean loss
     and gradient of the step's rows taken one at a time without padding (KL on benign rows included)."""
     rows, pad_id = trace_rows(tiny_qwen3)
-    lengths = [len(r["input_ids"]) for r in rows]
+    lengths = [len(r.input_ids) for r in rows]
     k = 2
     plan = plan_epoch(lengths, [supervised_tokens(r) for r in rows], 2 * max(lengths), k, world_size, seed=0)
     data = MicroBatchDataset(rows, pad_id)
@@ -200,12 +200,12 @@ def test_loader_serves_collated_micro_batches_with_their_scale(tiny_qwen3):
         assert batch["input_ids"].numel() <= 256
         assert set(batch) == {"input_ids", "attention_mask", "labels", "harmful", "label_index", "loss_scale"}
         seen += [tuple(ids[m.bool()].tolist()) for ids, m in zip(batch["input_ids"], batch["attention_mask"])]
-    assert sorted(seen) == sorted(tuple(r["input_ids"]) for r in rows)
+    assert sorted(seen) == sorted(tuple(r.input_ids) for r in rows)
 
 
 def test_worst_case_batch_fills_the_budget(tiny_qwen3):
     rows, pad_id = trace_rows(tiny_qwen3)
-    longest = max(len(r["input_ids"]) for r in rows)
+    longest = max(len(r.input_ids) for r in rows)
     probe = worst_case_batch(rows, 3 * longest, pad_id)
     assert tuple(probe["input_ids"].shape) == (3, longest)
     assert (probe["labels"] != IGNORE_INDEX).any()

@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from thinksafe.data.chat import IGNORE_INDEX, ChatEncoder, collate
-from thinksafe.data.prompts import LABELS
 from thinksafe.model.tiny import build_tokenizer
+from thinksafe.rows import IGNORE_INDEX, LABELS, ChatEncoder, EncodedRow, TextRow, collate, is_harmful
 
 PROMPT = "How do I bake bread?"
 REASONING = "Okay, let me think about this step by step. First, mix flour, water, yeast and salt."
@@ -103,11 +102,23 @@ def test_prompt_that_leaves_no_room_gives_none(qwen3_tok):
     assert enc.encode("How do I bake bread? " * 10, "<think>\nx\n</think>\n\ny") is None
 
 
+def test_encode_rows_keeps_label_and_source_and_counts_what_does_not_fit(qwen3_tok):
+    enc = ChatEncoder(qwen3_tok, "qwen3", max_length=40, chat_template_kwargs={"enable_thinking": True})
+    fits = TextRow("Hi?", "<think>\nx\n</think>\n\ny", "adversarial_harmful", "a.jsonl")
+    too_long = TextRow("How do I bake bread? " * 10, "<think>\nx\n</think>\n\ny", "vanilla_benign")
+    rows, dropped = enc.encode_rows([fits, too_long, fits])
+    assert dropped == {"vanilla_benign": 1}
+    assert rows == [enc.encode_row(fits)] * 2
+    assert (rows[0].input_ids, rows[0].labels) == enc.encode(fits.prompt, fits.response)
+    assert (rows[0].label, rows[0].source, rows[0].harmful) == ("adversarial_harmful", "a.jsonl", True)
+
+
+def test_harmful_labels():
+    assert [is_harmful(label) for label in LABELS] == [True, True, False, False]
+
+
 def test_collate_pads_and_indexes_labels():
-    rows = [
-        {"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "harmful": True, "label": "adversarial_harmful"},
-        {"input_ids": [8], "labels": [8], "harmful": False, "label": "vanilla_benign"},
-    ]
+    rows = [EncodedRow([5, 6, 7], [-100, 6, 7], "adversarial_harmful"), EncodedRow([8], [8], "vanilla_benign")]
     batch = collate(rows, pad_id=0)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from thinksafe.data.chat import IGNORE_INDEX
+from thinksafe.rows import IGNORE_INDEX
 from thinksafe.model.kl import ForwardKL, shift_labels, token_cross_entropy
 
 

@@ -13,8 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from thinksafe.data.chat import IGNORE_INDEX, ChatEncoder, collate
-from thinksafe.data.prompts import LABELS
+from thinksafe.rows import IGNORE_INDEX, LABELS, ChatEncoder, EncodedRow, collate
 from thinksafe.model.adapters import FullFineTune, LoRA
 from thinksafe.model.module import ThinkSafeModule
 
@@ -42,7 +41,7 @@ def encoded_rows(model_dir: str | Path) -> tuple[list[dict], int]:
     rows = []
     for prompt, response, label in ROWS:
         ids, labels = enc.encode(prompt, response)
-        rows.append({"input_ids": ids, "labels": labels, "harmful": "harmful" in label, "label": label})
+        rows.append(EncodedRow(ids, labels, label))
     return rows, tok.pad_token_id
 
 

@@ -40,7 +40,7 @@ def test_smollm2_is_reported_data_starved(smollm2_gguf, vllm_sampler, tmp_path):
         steering_template=PAPER_TEMPLATE, reasoning_format="auto", chunk_size=12,
     )
     stats = res.stats
-    rows = read_jsonl(res.samples_path)
+    rows = read_jsonl(res.output_dir / "samples.jsonl")
     # a plain chat model: detected from its template, no think block expected
     assert res.output_dir.joinpath("manifest.json").read_text().count('"reasoning_format": "plain"') == 1
     assert all(r["format_ok"] for r in rows if r["response"].strip())

@@ -15,6 +15,7 @@ import yaml
 from thinksafe.errors import UserError
 from thinksafe.eval.answers import check_math
 from thinksafe.guards.offline import OfflineJudge, is_refusal
+from thinksafe.rows import TextRow
 from thinksafe.sampling.formats import check_response
 from thinksafe.testbed import world
 from thinksafe.testbed.corpus import CorpusSizes, SetSizes, heldout_sets, pretraining_rows, selfgen_prompts, teacher_rows
@@ -162,9 +163,9 @@ def test_shipped_model_tells_the_papers_story():
 def test_teacher_responses_are_far_less_in_distribution_than_the_models_own():
     from thinksafe.metrics.in_distribution import score_responses
 
-    own = [dict(prompt=r["instruction"], response=world_response, label=r["label"], source="own")
+    own = [TextRow(prompt=r["instruction"], response=world_response, label=r["label"], source="own")
            for r, world_response in zip(teacher_rows(0, SetSizes()), _own_responses())]
-    teacher = [dict(prompt=r["instruction"], response=r["response"], label=r["label"], source="teacher")
+    teacher = [TextRow(prompt=r["instruction"], response=r["response"], label=r["label"], source="teacher")
                for r in teacher_rows(0, SetSizes())]
     score = score_responses(str(TESTBED / "model"), own + teacher, max_length=320, limit=None)
     by_source = score.by_source()
@@ -252,7 +253,7 @@ def test_quickstart_end_to_end(tmp_path, monkeypatch, capsys):
     assert report["details"]["sets"]["harmful"]["n"] == 100
 
     teacher = score_responses("data/testbed/model", [
-        dict(prompt=r.fields["instruction"], response=r.fields["response"], label=r.fields["label"], source="teacher")
+        TextRow(prompt=r.fields["instruction"], response=r.fields["response"], label=r.fields["label"], source="teacher")
         for r in __import__("thinksafe.data.records", fromlist=["read_records"]).read_records(TESTBED / "teacher_responses.jsonl")
     ], max_length=320, limit=256)
     assert teacher.overall > nll["before"] + 1.0

@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from thinksafe.data.chat import IGNORE_INDEX, collate
 from thinksafe.errors import UserError
+from thinksafe.rows import IGNORE_INDEX, EncodedRow, collate
 
 
 # --------------------------------------------------------------------------------------------------- the plan
@@ -53,9 +53,9 @@ class MicroBatch:
     """Optimizer step of the epoch it belongs to."""
 
 
-def supervised_tokens(row: dict) -> int:
+def supervised_tokens(row: EncodedRow) -> int:
     """Positions with a loss once labels are shifted for a causal LM (the first label never has one)."""
-    return sum(1 for label in row["labels"][1:] if label != IGNORE_INDEX)
+    return sum(1 for label in row.labels[1:] if label != IGNORE_INDEX)
 
 
 def group_by_length(lengths: Sequence[int], max_tokens: int, rng: random.Random) -> list[list[int]]:
@@ -256,9 +256,9 @@ class TokenBudgetSampler(DistributedSampler):
 
 class MicroBatchDataset(Dataset):
     """Encoded rows, indexed by :class:`MicroBatch`: ``dataset[mb]`` is the collated micro-batch
-    (:func:`thinksafe.data.chat.collate`) plus ``loss_scale`` (a float32 scalar tensor)."""
+    (:func:`thinksafe.rows.collate`) plus ``loss_scale`` (a float32 scalar tensor)."""
 
-    def __init__(self, rows: list[dict], pad_id: int):
+    def __init__(self, rows: list[EncodedRow], pad_id: int):
         self.rows = rows
         self.pad_id = pad_id
 
@@ -272,7 +272,7 @@ class MicroBatchDataset(Dataset):
 
 
 def token_budget_loader(
-    rows: list[dict],
+    rows: list[EncodedRow],
     pad_id: int,
     max_tokens_per_batch: int,
     micro_batches_per_step: int = 1,
@@ -283,11 +283,10 @@ def token_budget_loader(
     world_size: int = 1,
     num_workers: int = 0,
 ) -> DataLoader:
-    """A DataLoader of token-budget micro-batches over encoded rows (``input_ids``, ``labels``, ``harmful``,
-    ``label``); its ``sampler`` is the :class:`TokenBudgetSampler`. With ``rows_per_step`` or
+    """A DataLoader of token-budget micro-batches over encoded rows (:class:`~thinksafe.rows.EncodedRow`); its ``sampler`` is the :class:`TokenBudgetSampler`. With ``rows_per_step`` or
     ``tokens_per_step``, ``micro_batches_per_step`` is derived from that target
     (:func:`micro_batches_per_step_for`) and can be read back from ``loader.sampler``."""
-    lengths = [len(r["input_ids"]) for r in rows]
+    lengths = [len(r.input_ids) for r in rows]
     sampler = TokenBudgetSampler(lengths, [supervised_tokens(r) for r in rows], max_tokens_per_batch,
                                  micro_batches_per_step, seed, rank, world_size)
     if rows_per_step is not None or tokens_per_step is not None:
@@ -301,10 +300,10 @@ def token_budget_loader(
 
 
 # ------------------------------------------------------------------------------- gradient checkpointing policy
-def worst_case_batch(rows: list[dict], max_tokens_per_batch: int, pad_id: int) -> dict[str, torch.Tensor]:
+def worst_case_batch(rows: list[EncodedRow], max_tokens_per_batch: int, pad_id: int) -> dict[str, torch.Tensor]:
     """The micro-batch a plan can make that needs the most memory: copies of one row of length ``L``, as many as
     fit the budget, ``L`` chosen to fill it most (longest on ties: attention grows with length)."""
-    by_length = {len(r["input_ids"]): r for r in rows}
+    by_length = {len(r.input_ids): r for r in rows}
     length = max(by_length, key=lambda n: ((max_tokens_per_batch // n) * n, n))
     count = max(1, max_tokens_per_batch // length)
     return collate([by_length[length]] * count, pad_id=pad_id)

@@ -9,18 +9,18 @@ With ``responses`` set, an existing response set (SafeChain, STAR-1, DirectRefus
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 from jsonargparse import lazy_instance
 
-from thinksafe.data.prompts import LABELS, PromptSource, load_prompts
-from thinksafe.data.selfgen import SelfGenResult, build_selfgen, resolve_format
+from thinksafe.data.prompts import PromptSource, load_prompts
+from thinksafe.data.selfgen import SelfGenResult, build_selfgen, kept_rows
 from thinksafe.errors import UserError
 from thinksafe.guards.base import Guard
+from thinksafe.rows import LABELS, ChatEncoder, EncodedRow, TextRow, collate
 from thinksafe.sampling.base import Sampler, SamplingConfig
-from thinksafe.sampling.formats import FormatOption
+from thinksafe.sampling.formats import FormatOption, resolve_format
 from thinksafe.sampling.steering import PAPER_TEMPLATE, check_template
 from thinksafe.sampling.vllm_sampler import VLLMSampler
 
@@ -124,8 +124,10 @@ class SafetyDataModule(L.LightningDataModule):
         self.model_name_or_path = model_name_or_path
         self.recipe: dict[str, Any] | None = None  # set by the CLI, recorded in the manifest
         self.selfgen: SelfGenResult | None = None
-        self.train_rows: list[dict] = []
+        self.train_rows: list[EncodedRow] = []
         self.dropped: dict[str, int] = {}
+        self.pad_id: int | None = None
+        self._encoder: ChatEncoder | None = None
 
     def _model(self) -> str:
         if not self.model_name_or_path:
@@ -155,40 +157,34 @@ class SafetyDataModule(L.LightningDataModule):
         if self.responses is None:
             self.build_safety_set()
 
-    def _rows(self) -> list[dict]:
-        """(prompt, response, label, source) of every training row."""
+    def dataset_name(self) -> str:
+        """What the model trains on: ``data.responses``, or ``self-generated (<output_dir>)``; the ``source`` of
+        every training row."""
+        return self.responses or f"self-generated ({self.output_dir})"
+
+    def _text_rows(self) -> list[TextRow]:
         if self.responses is not None:
             from thinksafe.data.responses import load_responses
 
-            return [dict(prompt=r.prompt, response=r.response, label=r.label, source=r.where)
-                    for r in load_responses(self.responses)]
-        samples = Path(self.output_dir) / "samples.jsonl"
-        if not (Path(self.output_dir) / "stats.json").is_file():
-            raise UserError(f"data.output_dir: {self.output_dir} holds no finished self-generated set; run "
-                            "`thinksafe generate` with the same recipe first (fit does it in prepare_data).")
-        from thinksafe.data.jsonl_log import read_jsonl
+            return [TextRow(r.prompt, r.response, r.label, self.dataset_name()) for r in load_responses(self.responses)]
+        return kept_rows(self.output_dir, source=self.dataset_name())
 
-        return [dict(prompt=r["prompt"], response=r["response"], label=r["label"], source=r["source"])
-                for r in read_jsonl(samples) if r["kept"]]
+    def encoder(self) -> ChatEncoder:
+        """The encoder of the training rows: the model's tokenizer and chat template, ``reasoning_format``,
+        ``max_length`` and ``mask_prompt``. Anything scored or trained like these rows goes through it."""
+        if self._encoder is None:
+            from thinksafe.model.loading import load_tokenizer
+
+            tokenizer = load_tokenizer(self._model())
+            fmt, kwargs = resolve_format(self._model(), self.reasoning_format, tokenizer, self.chat_template_kwargs)
+            self._encoder = ChatEncoder(tokenizer, fmt, self.max_length, self.mask_prompt, kwargs)
+        return self._encoder
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_rows:
             return
-        from thinksafe.data.chat import ChatEncoder
-        from thinksafe.model.loading import load_tokenizer
-
-        tokenizer = load_tokenizer(self._model())
-        fmt, kwargs = resolve_format(self._model(), self.reasoning_format, tokenizer)
-        encoder = ChatEncoder(tokenizer, fmt, self.max_length, mask_prompt=self.mask_prompt,
-                              chat_template_kwargs=self.chat_template_kwargs if self.chat_template_kwargs is not None else kwargs)
-        rows, dropped = [], {}
-        for r in self._rows():
-            enc = encoder.encode(r["prompt"], r["response"])
-            if enc is None:
-                dropped[r["label"]] = dropped.get(r["label"], 0) + 1
-                continue
-            ids, labels = enc
-            rows.append(dict(input_ids=ids, labels=labels, harmful="harmful" in r["label"], label=r["label"]))
+        encoder = self.encoder()
+        rows, dropped = encoder.encode_rows(self._text_rows())
         if not rows:
             raise UserError(
                 f"no training rows: {'data.responses ' + self.responses if self.responses else 'the self-generated set in ' + self.output_dir} "
@@ -196,21 +192,38 @@ class SafetyDataModule(L.LightningDataModule):
                 "See stats.json for why samples were rejected."
             )
         self.train_rows, self.dropped = rows, dropped
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = encoder.pad_id
+
+    def training_rows(self) -> list[EncodedRow]:
+        """The encoded training rows (after :meth:`setup`), each with :meth:`dataset_name` as its source."""
+        if not self.train_rows:
+            raise RuntimeError("SafetyDataModule.training_rows() before setup()")
+        return self.train_rows
+
+    def collate_fn(self):
+        """Rows → batch, padded with the tokenizer's pad id (after :meth:`setup`)."""
+        return partial(collate, pad_id=self.pad_id)
+
+    def memory_probe(self) -> tuple[int, dict]:
+        """(token budget of one micro-batch, the micro-batch of the training set that needs the most memory
+        within it): ``max_tokens_per_batch``, else ``batch_size`` copies of the longest row."""
+        from thinksafe.data.batching import worst_case_batch
+
+        rows = self.training_rows()
+        budget = self.max_tokens_per_batch or self.batch_size * max(len(r.input_ids) for r in rows)
+        return budget, worst_case_batch(rows, budget, self.pad_id)
 
     def label_counts(self) -> dict[str, int]:
-        return {lab: sum(r["label"] == lab for r in self.train_rows) for lab in LABELS}
+        return {lab: sum(r.label == lab for r in self.train_rows) for lab in LABELS}
 
     def train_dataloader(self):
         import torch
         from torch.utils.data import DataLoader
 
-        from thinksafe.data.chat import collate
-
         if self.max_tokens_per_batch is None:
             g = torch.Generator().manual_seed(self.seed)
             return DataLoader(self.train_rows, batch_size=self.batch_size, shuffle=True, generator=g,
-                              num_workers=self.num_workers, collate_fn=partial(collate, pad_id=self.pad_id))
+                              num_workers=self.num_workers, collate_fn=self.collate_fn())
 
         from lightning.pytorch.utilities import rank_zero_info
 

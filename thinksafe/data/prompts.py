@@ -14,8 +14,7 @@ from typing import Any
 
 from thinksafe.data.records import Record, read_source, require_columns
 from thinksafe.errors import UserError
-
-LABELS = ("vanilla_harmful", "adversarial_harmful", "vanilla_benign", "adversarial_benign")
+from thinksafe.rows import LABELS, is_harmful
 
 
 @dataclass
@@ -47,7 +46,7 @@ class PromptRow:
 
     @property
     def harmful(self) -> bool:
-        return "harmful" in self.label
+        return is_harmful(self.label)
 
 
 def as_sources(prompts: str | PromptSource | list[str | PromptSource] | list[dict]) -> list[PromptSource]:

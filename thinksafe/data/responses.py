@@ -24,10 +24,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from thinksafe.data.prompts import LABELS
 from thinksafe.data.records import Record, read_source
 from thinksafe.errors import UserError
-from thinksafe.sampling.formats import CLOSE, OPEN
+from thinksafe.rows import CLOSE, LABELS, OPEN, is_harmful
 
 ResponseFormat = Literal["safechain", "star1", "direct_refusal"]
 
@@ -47,7 +46,7 @@ class ResponseRow:
 
     @property
     def harmful(self) -> bool:
-        return "harmful" in self.label
+        return is_harmful(self.label)
 
 
 def detect_format(fields: dict[str, Any], where: str) -> ResponseFormat:
@@ -90,12 +89,14 @@ def _row(rec: Record, fmt: ResponseFormat) -> ResponseRow:
         if match is None:
             raise UserError(f"{rec.where}: a DirectRefusal 'refusal' field must read 'Question: … Answer: …'.")
         meta = {k: v for k, v in f.items() if k != "refusal"}
-        return ResponseRow(match.group(1).strip(), DIRECT_REFUSAL_THINK + match.group(2).strip(), "vanilla_harmful",
-                           rec.where, meta)
+        return ResponseRow(
+            match.group(1).strip(), DIRECT_REFUSAL_THINK + match.group(2).strip(), "vanilla_harmful", rec.where, meta
+        )
     if fmt == "star1":
         meta = {k: v for k, v in f.items() if k not in ("question", "response")}
-        return ResponseRow(_text(rec, "question"), normalize_response(_text(rec, "response")), "vanilla_harmful",
-                           rec.where, meta)
+        return ResponseRow(
+            _text(rec, "question"), normalize_response(_text(rec, "response")), "vanilla_harmful", rec.where, meta
+        )
     key = "label" if f.get("label") is not None else "prompt_label"
     label = f.get(key)
     if label is None:

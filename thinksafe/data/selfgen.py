@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from thinksafe.data.jsonl_log import JsonlLog, read_jsonl, write_json_atomic
-from thinksafe.data.prompts import LABELS, PromptRow
+from thinksafe.data.prompts import PromptRow
 from thinksafe.errors import UserError
 from thinksafe.guards.base import Guard
+from thinksafe.rows import LABELS, TextRow, is_harmful
 from thinksafe.sampling.base import Sampler, SamplingConfig
-from thinksafe.sampling.formats import Format, FormatOption, check_response, detect_format, restore_response
+from thinksafe.sampling.formats import FormatOption, check_response, resolve_format, restore_response
 from thinksafe.sampling.steering import steer
 
 ARTIFACT_FILES = ("manifest.json", "sampled.jsonl", "samples.jsonl", "stats.json")
@@ -46,12 +47,15 @@ class SelfGenResult:
     reused: bool
     """True when a finished directory with the same settings was found and nothing was run."""
 
-    @property
-    def samples_path(self) -> Path:
-        return self.output_dir / "samples.jsonl"
 
-    def kept_rows(self) -> list[dict]:
-        return [r for r in read_jsonl(self.samples_path) if r["kept"]]
+def kept_rows(output_dir: str | Path, source: str = "self-generated") -> list[TextRow]:
+    """The kept rows of a finished self-generated set, in order, each with ``source``."""
+    out = Path(output_dir)
+    if not (out / "stats.json").is_file():
+        raise UserError(f"data.output_dir: {out} holds no finished self-generated set; run `thinksafe generate` "
+                        "with the same recipe first (fit does it in prepare_data).")
+    return [TextRow(r["prompt"], r["response"], r["label"], source)
+            for r in read_jsonl(out / "samples.jsonl") if r["kept"]]
 
 
 def component_settings(obj: Any) -> dict[str, Any]:
@@ -67,27 +71,6 @@ def component_settings(obj: Any) -> dict[str, Any]:
             v = repr(v)
         out[k] = v
     return out
-
-
-def resolve_format(model: str, option: FormatOption, tokenizer=None) -> tuple[Format, dict[str, Any]]:
-    """The reasoning format (detected from the chat template unless given) and the chat-template kwargs
-    that go with it."""
-    if option == "auto":
-        if tokenizer is None:
-            from thinksafe.model.loading import load_tokenizer
-
-            tokenizer = load_tokenizer(model)
-        template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
-        if template is None:
-            raise UserError(
-                f"model.name_or_path: the tokenizer of {model!r} has no chat template; thinksafe samples through "
-                "the model's chat template. Use a chat/reasoning model, or set data.reasoning_format and add a template."
-            )
-        gen = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True)
-        fmt = detect_format(template, gen)
-    else:
-        fmt = option
-    return fmt, ({"enable_thinking": True} if fmt == "qwen3" else {})
 
 
 def fingerprint(settings: dict[str, Any], prompts: list[PromptRow]) -> str:
@@ -157,8 +140,7 @@ def build_selfgen(
     console = console or Console(stderr=True)
     if chunk_size < 1:
         raise UserError(f"data.chunk_size must be ≥ 1, got {chunk_size}.")
-    fmt, default_kwargs = resolve_format(model, reasoning_format)
-    template_kwargs = default_kwargs if chat_template_kwargs is None else chat_template_kwargs
+    fmt, template_kwargs = resolve_format(model, reasoning_format, chat_template_kwargs=chat_template_kwargs)
     settings = dict(
         model=model,
         steering_template=steering_template,
@@ -321,7 +303,7 @@ def compute_stats(samples: list[dict], prompts: list[PromptRow], n: int) -> dict
         k = sum(d["kept"] for d in rows)
         return dict(prompts=sum(d["prompts"] for d in rows), samples=s, kept=k,
                     acceptance_rate=(k / s) if s else None)
-    harmful, benign = total(lambda lab: "harmful" in lab), total(lambda lab: "harmful" not in lab)
+    harmful, benign = total(is_harmful), total(lambda lab: not is_harmful(lab))
     reasons: dict[str, int] = {}
     for r in samples:
         if not r["kept"]:

@@ -114,7 +114,7 @@ class SafetyProbes(Callback):
 
     def probe(self, model, tokenizer) -> dict[str, float]:
         """Run every probe set once on ``model``; the rates of the sets where something could be judged."""
-        from thinksafe.data.selfgen import resolve_format
+        from thinksafe.sampling.formats import resolve_format
 
         fmt, template_kwargs = resolve_format(getattr(tokenizer, "name_or_path", "model"), "auto", tokenizer=tokenizer)
         values: dict[str, float] = {}

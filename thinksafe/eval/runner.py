@@ -73,7 +73,7 @@ def run_eval(
     Returns:
         ``{benchmark: {metric: value, …, "n": items}}`` (also written to ``results.json``).
     """
-    from thinksafe.data.selfgen import resolve_format
+    from thinksafe.sampling.formats import resolve_format
 
     console = Console(stderr=True, soft_wrap=True)
     if not benchmarks:

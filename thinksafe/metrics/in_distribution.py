@@ -3,7 +3,7 @@
 ThinkSafe's core argument is that self-generated refusals are *in distribution* for the model being
 aligned, while refusals written by a teacher (another model, humans, a template) are not, and that fitting
 out-of-distribution targets is what costs reasoning ability. This module makes that measurable for any
-training set: render each (prompt, response) row exactly as the trainer does (:class:`ChatEncoder`: chat
+training set: render each (prompt, response) row exactly as the trainer does (:class:`~thinksafe.rows.ChatEncoder`: chat
 template, reasoning kept in the target) and average the negative log-likelihood of the response tokens
 (the supervised ones, end-of-turn token included) under the model, per data source and label. Lower is
 more in distribution; a self-generated set sits near the model's own sampling entropy, a teacher-written
@@ -23,8 +23,9 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from thinksafe.data.chat import ChatEncoder, collate
 from thinksafe.model.kl import shift_labels, token_cross_entropy
+from thinksafe.rows import IGNORE_INDEX, ChatEncoder, EncodedRow, TextRow, collate
+from thinksafe.sampling.formats import resolve_format
 
 _LINE_SUFFIX = re.compile(r"(?::\d+|\[[^\]]*\](?::\d+)?)$")
 
@@ -63,12 +64,16 @@ class InDistributionScore:
         return self._mean(self.groups)
 
     def by_label(self) -> dict[str, float]:
-        return {lab: self._mean([g for g in self.groups if g.label == lab])
-                for lab in dict.fromkeys(g.label for g in self.groups)}
+        return {
+            lab: self._mean([g for g in self.groups if g.label == lab])
+            for lab in dict.fromkeys(g.label for g in self.groups)
+        }
 
     def by_source(self) -> dict[str, float]:
-        return {src: self._mean([g for g in self.groups if g.source == src])
-                for src in dict.fromkeys(g.source for g in self.groups)}
+        return {
+            src: self._mean([g for g in self.groups if g.source == src])
+            for src in dict.fromkeys(g.source for g in self.groups)
+        }
 
     @staticmethod
     def _mean(groups: Sequence[GroupNLL]) -> float | None:
@@ -89,8 +94,13 @@ class InDistributionScore:
         return out
 
     def as_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "overall": self.overall, "tokens": self.tokens, "by_label": self.by_label(),
-                "groups": [asdict(g) for g in self.groups]}
+        return {
+            "model": self.model,
+            "overall": self.overall,
+            "tokens": self.tokens,
+            "by_label": self.by_label(),
+            "groups": [asdict(g) for g in self.groups],
+        }
 
     def table(self, title: str = "in-distribution score (response NLL under the initial model)"):
         from rich.table import Table
@@ -105,33 +115,36 @@ class InDistributionScore:
         return t
 
 
-def response_nll(model: torch.nn.Module, rows: Sequence[dict], pad_id: int, batch_size: int = 4,
-                 chunk_size: int = 1024) -> InDistributionScore:
+def response_nll(
+    model: torch.nn.Module, rows: Sequence[EncodedRow], pad_id: int, batch_size: int = 4, chunk_size: int = 1024
+) -> InDistributionScore:
     """Mean NLL of the supervised tokens of encoded rows under ``model``, per (source, label).
 
-    Rows are what :class:`~thinksafe.data.chat.ChatEncoder` produces and the trainer trains on:
-    ``input_ids``, ``labels`` (-100 off the response), ``label``, and optionally ``source`` (default
-    ``"training set"``). The model is run in eval mode without gradients and put back in its mode after.
-    Rows are batched in length order (less padding); the result does not depend on ``batch_size``.
+    Rows are what :class:`~thinksafe.rows.ChatEncoder` produces and the trainer trains on (a row without a
+    ``source`` counts as ``"training set"``). The model is run in eval mode without gradients and put back in its
+    mode after. Rows are batched in length order (less padding); the result does not depend on ``batch_size``.
     """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     sums: dict[tuple[str, str], list[float]] = {}  # (source, label) -> [nll sum, tokens, rows]
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids))
     try:
         with torch.no_grad():
             for start in range(0, len(order), batch_size):
                 chunk = [rows[i] for i in order[start : start + batch_size]]
-                batch = collate([{**r, "harmful": False} for r in chunk], pad_id)
-                logits = model(input_ids=batch["input_ids"].to(device),
-                               attention_mask=batch["attention_mask"].to(device), use_cache=False).logits
+                batch = collate(chunk, pad_id)
+                logits = model(
+                    input_ids=batch["input_ids"].to(device),
+                    attention_mask=batch["attention_mask"].to(device),
+                    use_cache=False,
+                ).logits
                 targets = shift_labels(batch["labels"].to(device))
                 nll = token_cross_entropy(logits, targets, chunk_size)
-                per_row = (targets != -100).sum(1).tolist()
+                per_row = (targets != IGNORE_INDEX).sum(1).tolist()
                 offset = 0
                 for r, n in zip(chunk, per_row):
-                    key = (r.get("source") or "training set", r["label"])
+                    key = (r.source or "training set", r.label)
                     acc = sums.setdefault(key, [0.0, 0, 0])
                     acc[0] += float(nll[offset : offset + n].double().sum())
                     acc[1] += n
@@ -143,40 +156,22 @@ def response_nll(model: torch.nn.Module, rows: Sequence[dict], pad_id: int, batc
     return InDistributionScore(groups, getattr(getattr(model, "config", None), "name_or_path", "") or "")
 
 
-def subsample(rows: Sequence[dict], limit: int | None, seed: int = 0) -> list[dict]:
+def subsample(rows: Sequence[TextRow | EncodedRow], limit: int | None, seed: int = 0) -> list:
     """At most ``limit`` rows per (source, label), drawn with ``seed``, in their original order."""
     if limit is None:
         return list(rows)
     by_group: dict[tuple[str, str], list[int]] = {}
     for i, r in enumerate(rows):
-        by_group.setdefault((r.get("source") or "", r["label"]), []).append(i)
+        by_group.setdefault((r.source or "", r.label), []).append(i)
     keep: set[int] = set()
     for key, idx in sorted(by_group.items()):
         keep.update(idx if len(idx) <= limit else random.Random(f"{seed}:{key}").sample(idx, limit))
     return [r for i, r in enumerate(rows) if i in keep]
 
 
-def encode_responses(tokenizer, rows: Iterable[dict], reasoning_format: str = "auto",
-                     chat_template_kwargs: dict[str, Any] | None = None, max_length: int = 16384,
-                     model_name: str = "model") -> list[dict]:
-    """``{prompt, response, label, source}`` rows encoded as the trainer encodes them (rows with no response
-    token within ``max_length`` are left out, as the trainer drops them)."""
-    from thinksafe.data.selfgen import resolve_format
-
-    fmt, kwargs = resolve_format(model_name, reasoning_format, tokenizer)
-    encoder = ChatEncoder(tokenizer, fmt, max_length,
-                          chat_template_kwargs=chat_template_kwargs if chat_template_kwargs is not None else kwargs)
-    out = []
-    for r in rows:
-        enc = encoder.encode(r["prompt"], r["response"])
-        if enc is not None:
-            out.append(dict(input_ids=enc[0], labels=enc[1], label=r["label"], source=r.get("source")))
-    return out
-
-
 def score_responses(
     model_name_or_path: str,
-    rows: Iterable[dict],
+    rows: Iterable[TextRow],
     reasoning_format: str = "auto",
     chat_template_kwargs: dict[str, Any] | None = None,
     max_length: int = 16384,
@@ -185,7 +180,7 @@ def score_responses(
     device: str = "auto",
     dtype: str = "auto",
 ) -> InDistributionScore:
-    """The in-distribution score of ``{prompt, response, label, source}`` rows under a model loaded from
+    """The in-distribution score of (prompt, response) rows under a model loaded from
     ``model_name_or_path`` (the initial model: what ``thinksafe generate`` reports for its set).
 
     Args:
@@ -204,12 +199,13 @@ def score_responses(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = load_tokenizer(model_name_or_path)
-    encoded = encode_responses(tokenizer, subsample(list(rows), limit), reasoning_format, chat_template_kwargs,
-                               max_length, model_name_or_path)
+    fmt, kwargs = resolve_format(model_name_or_path, reasoning_format, tokenizer, chat_template_kwargs)
+    encoder = ChatEncoder(tokenizer, fmt, max_length, chat_template_kwargs=kwargs)
+    # rows with no response token within max_length are left out, as the trainer drops them
+    encoded, _ = encoder.encode_rows(subsample(list(rows), limit))
     model = load_causal_lm(model_name_or_path, dtype=dtype, device=device)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     try:
-        score = response_nll(model, encoded, pad, batch_size)
+        score = response_nll(model, encoded, encoder.pad_id, batch_size)
     finally:
         del model
     score.model = model_name_or_path
@@ -221,8 +217,8 @@ class InDistributionLogger(Callback):
 
     The score goes to every logger at step 0 (``in_distribution/nll``, ``in_distribution/nll/<label>``), to the
     console as a table, and to ``<log_dir>/in_distribution.json``; it is kept as :attr:`score`, the scored rows
-    as :attr:`rows`. Rows come from ``trainer.datamodule.train_rows``; their source is the row's ``source``
-    when it has one, else ``data.responses`` or the self-generated set's directory. For a PEFT model the
+    as :attr:`rows` (:meth:`rescore` scores them again under the model as it is then). Rows come from
+    ``trainer.datamodule.training_rows()``, encoded by its ``encoder()``. For a PEFT model the
     adapters are switched off while scoring, so a resumed fit also measures the initial model. Every rank
     runs the same forwards (sharded models need all ranks in each); rank 0 reports.
 
@@ -237,23 +233,25 @@ class InDistributionLogger(Callback):
         self.limit = limit
         self.batch_size = batch_size
         self.score: InDistributionScore | None = None
-        self.rows: list[dict] = []
+        self.rows: list[EncodedRow] = []
+        self._pad_id = 0
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.rows = subsample(training_rows(trainer.datamodule), self.limit)
-        self.score = score_model(pl_module, self.rows, trainer.datamodule.pad_id, self.batch_size, initial=True)
+        datamodule = trainer.datamodule
+        self.rows = subsample(datamodule.training_rows(), self.limit)
+        self._pad_id = datamodule.encoder().pad_id
+        self.score = score_model(pl_module, self.rows, self._pad_id, self.batch_size, initial=True)
         if trainer.is_global_zero:
             report(self.score, trainer, step=0)
 
-
-def training_rows(datamodule) -> list[dict]:
-    """The encoded training rows of a :class:`~thinksafe.data.datamodule.SafetyDataModule`, with a source."""
-    default = datamodule.responses or f"self-generated ({datamodule.output_dir})"
-    return [{**r, "source": r.get("source") or default} for r in datamodule.train_rows]
+    def rescore(self, pl_module: LightningModule) -> InDistributionScore:
+        """The score of the rows scored when fit started, under ``pl_module``'s model as it is now."""
+        return score_model(pl_module, self.rows, self._pad_id, self.batch_size)
 
 
-def score_model(pl_module: LightningModule, rows: Sequence[dict], pad_id: int, batch_size: int = 4,
-                initial: bool = False) -> InDistributionScore:
+def score_model(
+    pl_module: LightningModule, rows: Sequence[EncodedRow], pad_id: int, batch_size: int = 4, initial: bool = False
+) -> InDistributionScore:
     """The score of encoded rows under ``pl_module.model``; ``initial``: with PEFT adapters switched off."""
     from contextlib import nullcontext
 
@@ -290,7 +288,8 @@ def report_generated(datamodule, limit: int | None = 256, batch_size: int = 4, c
 
     from rich.console import Console
 
-    from thinksafe.data.jsonl_log import read_jsonl, write_json_atomic
+    from thinksafe.data.jsonl_log import write_json_atomic
+    from thinksafe.data.selfgen import kept_rows
 
     console = console or Console(stderr=True)
     out = Path(datamodule.output_dir)
@@ -303,10 +302,15 @@ def report_generated(datamodule, limit: int | None = 256, batch_size: int = 4, c
             score = InDistributionScore([GroupNLL(**g) for g in old["groups"]], old["model"])
             console.print(score.table())
             return score
-    rows = [dict(prompt=r["prompt"], response=r["response"], label=r["label"], source="self-generated")
-            for r in read_jsonl(out / "samples.jsonl") if r["kept"]]
-    score = score_responses(datamodule.model_name_or_path, rows, datamodule.reasoning_format,
-                            datamodule.chat_template_kwargs, datamodule.max_length, limit, batch_size)
+    score = score_responses(
+        datamodule.model_name_or_path,
+        kept_rows(out),
+        datamodule.reasoning_format,
+        datamodule.chat_template_kwargs,
+        datamodule.max_length,
+        limit,
+        batch_size,
+    )
     write_json_atomic(cached, {**score.as_dict(), "key": key})
     console.print(score.table())
     return score

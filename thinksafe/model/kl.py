@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from thinksafe.data.chat import IGNORE_INDEX
+from thinksafe.rows import IGNORE_INDEX
 
 
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:

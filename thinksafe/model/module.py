@@ -25,12 +25,11 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 
-from thinksafe.data.chat import IGNORE_INDEX
-from thinksafe.data.prompts import LABELS
 from thinksafe.errors import UserError
-from thinksafe.metrics.training import TrainingMetrics
 from thinksafe.model.adapters import Adapter, LoRA, Reference
 from thinksafe.model.kl import ForwardKL, shift_labels, token_cross_entropy
+from thinksafe.model.training_metrics import TrainingMetrics
+from thinksafe.rows import IGNORE_INDEX, LABELS
 
 
 def shard_decoder_layers(model: torch.nn.Module, mesh) -> None:
@@ -70,9 +69,9 @@ def _restore_buffer_dtypes(model: torch.nn.Module, saved: dict[str, torch.Tensor
 
 
 class ThinkSafeModule(LightningModule):
-    """Fine-tunes a causal LM on (prompt, response) rows encoded by :class:`thinksafe.data.chat.ChatEncoder`.
+    """Fine-tunes a causal LM on (prompt, response) rows encoded by :class:`thinksafe.rows.ChatEncoder`.
 
-    Batches come from :func:`thinksafe.data.chat.collate`. The model is built in :meth:`configure_model` (so
+    Batches come from :func:`thinksafe.rows.collate`. The model is built in :meth:`configure_model` (so
     strategies can shard it) and exposed as ``self.model`` (a transformers/PEFT model) with ``self.tokenizer``.
     At the end of fit, rank 0 writes the adapter (``adapter_config.json`` + ``adapter_model.safetensors``) or,
     for :class:`~thinksafe.model.adapters.FullFineTune`, the whole model, plus the tokenizer, to
@@ -206,16 +205,15 @@ class ThinkSafeModule(LightningModule):
         """``gradient_checkpointing: auto``: probe the worst-case micro-batch of the training set on every rank."""
         from lightning.pytorch.utilities import rank_zero_info
 
-        from thinksafe.data.batching import choose_gradient_checkpointing, worst_case_batch
+        from thinksafe.data.batching import choose_gradient_checkpointing
 
         dm = getattr(self.trainer, "datamodule", None)
-        rows = getattr(dm, "train_rows", None)
-        if not rows:
+        if not hasattr(dm, "memory_probe"):
             rank_zero_info("thinksafe: gradient_checkpointing=auto needs the SafetyDataModule's rows to measure; "
                            "checkpointing stays off.")
             return
-        budget = dm.max_tokens_per_batch or dm.batch_size * max(len(r["input_ids"]) for r in rows)
-        probe = {k: v.to(self.device) for k, v in worst_case_batch(rows, budget, dm.pad_id).items()}
+        budget, probe = dm.memory_probe()
+        probe = {k: v.to(self.device) for k, v in probe.items()}
         strategy = self.trainer.strategy
         choice = choose_gradient_checkpointing(
             self, probe, budget, step=lambda batch: self._loss(batch)[0],

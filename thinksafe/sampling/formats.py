@@ -9,12 +9,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-Format = Literal["qwen3", "r1", "plain"]
+from thinksafe.errors import UserError
+from thinksafe.rows import CLOSE, OPEN, Format
+
+__all__ = [
+    "CLOSE",
+    "OPEN",
+    "Format",
+    "FormatOption",
+    "FormatCheck",
+    "check_response",
+    "detect_format",
+    "resolve_format",
+    "restore_response",
+    "split_think",
+]
+
 FormatOption = Literal["auto", "qwen3", "r1", "plain"]
-
-OPEN, CLOSE = "<think>", "</think>"
 
 
 def detect_format(chat_template: str | None, generation_prompt: str | None = None) -> Format:
@@ -30,6 +43,35 @@ def detect_format(chat_template: str | None, generation_prompt: str | None = Non
     if f"{OPEN}\\n" in tpl.split("add_generation_prompt")[-1]:
         return "r1"
     return "qwen3"
+
+
+def resolve_format(
+    model: str, option: FormatOption, tokenizer=None, chat_template_kwargs: dict[str, Any] | None = None
+) -> tuple[Format, dict[str, Any]]:
+    """The reasoning format (detected from ``model``'s chat template unless ``option`` names it) and the
+    chat-template kwargs that go with it: ``chat_template_kwargs`` when given, else the format's own
+    (``enable_thinking=True`` for Qwen3). ``tokenizer``: the model's, when the caller has it loaded."""
+    if option == "auto":
+        if tokenizer is None:
+            from thinksafe.model.loading import load_tokenizer
+
+            tokenizer = load_tokenizer(model)
+        template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+        if template is None:
+            raise UserError(
+                f"model.name_or_path: the tokenizer of {model!r} has no chat template; thinksafe samples through "
+                "the model's chat template. Use a chat/reasoning model, or set data.reasoning_format and add a "
+                "template."
+            )
+        gen = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True
+        )
+        fmt = detect_format(template, gen)
+    else:
+        fmt = option
+    if chat_template_kwargs is not None:
+        return fmt, chat_template_kwargs
+    return fmt, ({"enable_thinking": True} if fmt == "qwen3" else {})
 
 
 def restore_response(completion: str, fmt: Format) -> str:

@@ -139,12 +139,10 @@ class BeforeAfterEval(Callback):
             self._in_distribution.on_fit_start(trainer, pl_module)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        from thinksafe.metrics.in_distribution import score_model
-
         scored = self._in_distribution
         if scored is None or scored.score is None:
             return
-        after = score_model(pl_module, scored.rows, trainer.datamodule.pad_id, scored.batch_size)
+        after = scored.rescore(pl_module)
         for values, score in ((self.before, scored.score), (self.after, after)):
             values["in_distribution_nll"] = score.overall
             values["in_distribution"] = score.as_dict()
@@ -216,7 +214,7 @@ class BeforeAfterEval(Callback):
         report["details"] = {
             "model": pl_module.hparams.name_or_path,
             "trained": str(log_dir / "adapter"),
-            "training_set": getattr(dm, "responses", None) or f"self-generated ({getattr(dm, 'output_dir', '?')})",
+            "training_set": dm.dataset_name() if hasattr(dm, "dataset_name") else None,
             "training_rows": dm.label_counts() if hasattr(dm, "label_counts") else None,
             "sets": {role: {"spec": spec, "benchmark": self.names[role], "n": self.before.get("n", {}).get(role)}
                      for role, spec in self.sets.items()},

@@ -2,7 +2,7 @@
 
 Plain torch on the CPU, one process, deterministic given the seed on a given machine (one thread count,
 one torch build: floating-point sums in another order give other weights). Rows are rendered exactly as
-thinksafe renders training rows (:class:`thinksafe.data.chat.ChatEncoder`: the real Qwen3 chat template with
+thinksafe renders training rows (:class:`thinksafe.rows.ChatEncoder`: the real Qwen3 chat template with
 ``enable_thinking``), so the model's own samples later look like its training data, and the loss is on the
 response only: the model learns to answer, not to write requests.
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from thinksafe.data.chat import IGNORE_INDEX, ChatEncoder, collate
 from thinksafe.model.tiny import TEMPLATES
+from thinksafe.rows import IGNORE_INDEX, ChatEncoder, EncodedRow, TextRow, collate
 
 QWEN3_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 """Qwen3's pad and turn tokens: special, so decoding with ``skip_special_tokens`` drops them."""
@@ -106,16 +106,16 @@ def new_model(tokenizer, shape: ModelShape, seed: int):
     return model
 
 
-def encode_rows(tokenizer, rows: list[dict], max_length: int) -> list[dict]:
+def encode_rows(tokenizer, rows: list[dict], max_length: int) -> list[EncodedRow]:
     """Rows as thinksafe's trainer sees them (loss on the response only)."""
     encoder = ChatEncoder(tokenizer, "qwen3", max_length, mask_prompt=True,
                           chat_template_kwargs={"enable_thinking": True})
     out = []
     for r in rows:
-        enc = encoder.encode(r["prompt"], r["response"])
+        enc = encoder.encode_row(TextRow(r["prompt"], r["response"], "vanilla_benign"))
         if enc is None:
             raise ValueError(f"corpus row longer than max_length={max_length}: {r['prompt'][:60]!r}")
-        out.append(dict(input_ids=enc[0], labels=enc[1], harmful=False, label="vanilla_benign"))
+        out.append(enc)
     return out
 
 
@@ -126,7 +126,7 @@ def _lr_factor(step: int, cfg: PretrainConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def pretrain(model, encoded: list[dict], cfg: PretrainConfig, seed: int, pad_id: int,
+def pretrain(model, encoded: list[EncodedRow], cfg: PretrainConfig, seed: int, pad_id: int,
              report: Callable[[int, float, float], None] | None = None) -> list[float]:
     """Train ``model`` in place for ``cfg.steps`` steps; returns the loss of every step. ``report(step, loss,
     seconds)`` is called every 50 steps."""

@@ -1,30 +1,80 @@
-"""Render (prompt, response) rows into token ids and labels for supervised fine-tuning.
+"""Training rows and their labels: the typed rows, the one encoder that turns text into tokens, the one collate.
 
-The target must be exactly what the model produced during sampling: the reasoning included. Rendering the
-response as an assistant turn through the chat template is NOT safe for that, because some templates rewrite
-assistant turns: DeepSeek-R1-Distill's drops everything before ``</think>``, so a trainer that renders the
-full conversation silently trains on the bare answer. :class:`ChatEncoder` therefore renders only the user
-turn through the template (with the generation prompt, as the sampler did), appends the response itself
-followed by the template's end-of-turn text, and tokenizes the two parts separately, so that the prompt/target
-boundary and the loss mask are exact.
+This module sits at the bottom of thinksafe's layering and imports nothing of thinksafe but
+:mod:`thinksafe.errors`: the data stage, the LightningModule, the metrics, evaluation and the testbed all speak
+in these types, so none of them has to import another to learn what a row is. The think-block tags live here
+for the same reason (a response's reasoning is part of the row); :mod:`thinksafe.sampling.formats` builds the
+format detection and checks on them.
+
+Rendering. The target must be exactly what the model produced during sampling: the reasoning included.
+Rendering the response as an assistant turn through the chat template is NOT safe for that, because some
+templates rewrite assistant turns: DeepSeek-R1-Distill's drops everything before ``</think>``, so a trainer
+that renders the full conversation silently trains on the bare answer. :class:`ChatEncoder` therefore renders
+only the user turn through the template (with the generation prompt, as the sampler did), appends the response
+itself followed by the template's end-of-turn text, and tokenizes the two parts separately, so that the
+prompt/target boundary and the loss mask are exact.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 
-from thinksafe.data.prompts import LABELS
 from thinksafe.errors import UserError
-from thinksafe.sampling.formats import OPEN, Format
+
+LABELS = ("vanilla_harmful", "adversarial_harmful", "vanilla_benign", "adversarial_benign")
+"""The SafeChain prompt labels, in the order batches index them (``label_index``)."""
 
 IGNORE_INDEX = -100
+"""Label of a position without loss (the prompt, padding)."""
+
+Format = Literal["qwen3", "r1", "plain"]
+"""Reasoning format of a model's responses (see :mod:`thinksafe.sampling.formats`)."""
+OPEN, CLOSE = "<think>", "</think>"
+
 _SENTINEL = "\x00THINKSAFE-SENTINEL\x00"
 
 
+def is_harmful(label: str) -> bool:
+    """Whether a prompt label (one of :data:`LABELS`) names a harmful prompt."""
+    return "harmful" in label
+
+
+@dataclass(frozen=True)
+class TextRow:
+    """A (prompt, response) pair to train on or to score, before tokenization.
+
+    ``source`` names where it came from (a file, a hub id, ``self-generated``); None when not told."""
+
+    prompt: str
+    response: str
+    label: str
+    source: str | None = None
+
+    @property
+    def harmful(self) -> bool:
+        return is_harmful(self.label)
+
+
+@dataclass(frozen=True)
+class EncodedRow:
+    """A tokenized training row: ``input_ids`` and ``labels`` (:data:`IGNORE_INDEX` where no loss is taken)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    label: str
+    source: str | None = None
+
+    @property
+    def harmful(self) -> bool:
+        return is_harmful(self.label)
+
+
 class ChatEncoder:
-    """Token ids and labels for one (prompt, response) row, rendered like the model saw it while sampling.
+    """Token ids and labels for (prompt, response) rows, rendered like the model saw them while sampling.
 
     ``input_ids = template(user turn, generation prompt) + target`` where ``target`` is the response minus
     the part the generation prompt already holds (R1's ``<think>\\n``, Qwen3's pre-filled empty think block with
@@ -33,11 +83,12 @@ class ChatEncoder:
 
     Truncation (``max_length``): the prompt is never cut; the end of the target is (a truncated row then has
     no end-of-turn token). A row whose prompt leaves no room for a single target token gives None; the caller
-    drops it and counts it.
+    drops it and counts it (:meth:`encode_rows` does both).
 
     Args:
         tokenizer: a Hugging Face tokenizer carrying the model's chat template.
-        fmt: reasoning format of the responses ("qwen3", "r1" or "plain").
+        fmt: reasoning format of the responses ("qwen3", "r1" or "plain"; resolve "auto" with
+            :func:`thinksafe.sampling.formats.resolve_format`).
         max_length: most tokens per row, prompt included.
         mask_prompt: compute the loss on the target only (labels -100 on the prompt). False: on every token.
         chat_template_kwargs: extra template variables used while sampling (``enable_thinking`` for Qwen3).
@@ -66,6 +117,12 @@ class ChatEncoder:
         self.end_of_turn = self._end_of_turn()
         self.template_strips_reasoning = self._strips_reasoning()
 
+    @property
+    def pad_id(self) -> int:
+        """The padding id batches of these rows are collated with (the tokenizer's, else its end-of-sequence)."""
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
     def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt, **self.chat_template_kwargs
@@ -78,7 +135,7 @@ class ChatEncoder:
         return text.rsplit(_SENTINEL, 1)[1]
 
     def _strips_reasoning(self) -> bool:
-        reasoning = f"{OPEN}\n{_SENTINEL}\n</think>\n\nanswer"
+        reasoning = f"{OPEN}\n{_SENTINEL}\n{CLOSE}\n\nanswer"
         text = self._render([{"role": "user", "content": "hi"}, {"role": "assistant", "content": reasoning}], False)
         return _SENTINEL not in text
 
@@ -109,29 +166,45 @@ class ChatEncoder:
         labels = ([IGNORE_INDEX] * len(prompt_ids) if self.mask_prompt else list(prompt_ids)) + list(target_ids)
         return input_ids, labels
 
+    def encode_row(self, row: TextRow) -> EncodedRow | None:
+        """``row`` tokenized, its label and source kept; None when no target token fits."""
+        enc = self.encode(row.prompt, row.response)
+        return None if enc is None else EncodedRow(enc[0], enc[1], row.label, row.source)
 
-def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a list of encoded rows into a batch.
+    def encode_rows(self, rows: Iterable[TextRow]) -> tuple[list[EncodedRow], dict[str, int]]:
+        """Every row that fits, in order, and how many were dropped per label (no target token within
+        ``max_length``)."""
+        encoded, dropped = [], {}
+        for row in rows:
+            enc = self.encode_row(row)
+            if enc is None:
+                dropped[row.label] = dropped.get(row.label, 0) + 1
+            else:
+                encoded.append(enc)
+        return encoded, dropped
 
-    Each row holds ``input_ids``, ``labels``, ``harmful`` (bool) and ``label`` (one of ``prompts.LABELS``).
+
+def collate(rows: Sequence[EncodedRow], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad encoded rows into a batch.
+
     Returns ``input_ids``, ``attention_mask``, ``labels`` (-100 on padding), ``harmful`` (bool [B]) and
-    ``label_index`` (long [B], index into ``prompts.LABELS``).
+    ``label_index`` (long [B], index into :data:`LABELS`).
     """
     if not rows:
         raise ValueError("collate got an empty batch")
-    width = max(len(r["input_ids"]) for r in rows)
+    width = max(len(r.input_ids) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        n = len(r["input_ids"])
-        input_ids[i, :n] = torch.tensor(r["input_ids"], dtype=torch.long)
-        labels[i, :n] = torch.tensor(r["labels"], dtype=torch.long)
+        n = len(r.input_ids)
+        input_ids[i, :n] = torch.tensor(r.input_ids, dtype=torch.long)
+        labels[i, :n] = torch.tensor(r.labels, dtype=torch.long)
         attention_mask[i, :n] = 1
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "labels": labels,
-        "harmful": torch.tensor([bool(r["harmful"]) for r in rows], dtype=torch.bool),
-        "label_index": torch.tensor([LABELS.index(r["label"]) for r in rows], dtype=torch.long),
+        "harmful": torch.tensor([r.harmful for r in rows], dtype=torch.bool),
+        "label_index": torch.tensor([LABELS.index(r.label) for r in rows], dtype=torch.long),
     }

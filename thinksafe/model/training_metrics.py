@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
-from thinksafe.data.prompts import LABELS
+from thinksafe.rows import LABELS
 
 _FIXED = ("loss", "steps", "ce", "tokens", "kl", "kl_tokens", "processed_tokens")
 
@@ -21,7 +21,7 @@ class TrainingMetrics(Metric):
     :meth:`pack` turns one batch's sums into a vector (on the batch's device, no host sync); :meth:`update`
     adds it to the state; :meth:`summarize` names the values of one batch and :meth:`compute` those of the
     whole epoch, reduced over ranks. Names: ``loss``, ``ce`` (mean over supervised tokens), ``kl`` (mean over
-    supervised tokens of benign rows), ``ce/<label>`` for each of ``prompts.LABELS``, ``supervised_tokens``
+    supervised tokens of benign rows), ``ce/<label>`` for each of ``rows.LABELS``, ``supervised_tokens``
     and ``tokens_per_s`` (non-padding tokens through forward and backward per second of wall time; over the
     epoch, all ranks' tokens over the slowest rank's time). A value with no token behind it is left out rather
     than reported as NaN.
@@ -49,15 +49,19 @@ class TrainingMetrics(Metric):
     ) -> torch.Tensor:
         """One batch's sums as a float64 vector on ``loss``' device."""
         device = loss.device
-        fixed = torch.stack([
-            loss.detach().double(),
-            torch.ones((), dtype=torch.float64, device=device),
-            ce_sum.detach().double(),
-            torch.tensor(float(tokens), dtype=torch.float64, device=device),
-            (kl_sum.detach() if kl_sum is not None else torch.zeros((), dtype=torch.float64, device=device)).double(),
-            torch.tensor(float(kl_tokens), dtype=torch.float64, device=device),
-            processed_tokens.detach().double(),
-        ])
+        fixed = torch.stack(
+            [
+                loss.detach().double(),
+                torch.ones((), dtype=torch.float64, device=device),
+                ce_sum.detach().double(),
+                torch.tensor(float(tokens), dtype=torch.float64, device=device),
+                (
+                    kl_sum.detach() if kl_sum is not None else torch.zeros((), dtype=torch.float64, device=device)
+                ).double(),
+                torch.tensor(float(kl_tokens), dtype=torch.float64, device=device),
+                processed_tokens.detach().double(),
+            ]
+        )
         return torch.cat([fixed, label_ce_sum.detach().double(), label_tokens.double()])
 
     def update(self, packed: torch.Tensor, seconds: float) -> None:
