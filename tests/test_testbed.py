@@ -175,6 +175,27 @@ def test_teacher_responses_are_far_less_in_distribution_than_the_models_own():
         assert nll["teacher"] > 3 * nll["own"], label
 
 
+def test_teacher_responses_are_written_in_the_models_own_vocabulary():
+    """The teacher style differs from the model's in wording and order only: every word of it occurs in the
+    pretraining corpus, and the tokenizer keeps those words whole (the earlier teacher text fell apart into
+    word pieces the model never saw, ~2 characters a token). Its NLL still sits near 10 nats a token, above
+    uniform over the vocabulary (ln 770 = 6.6): the model is near-deterministic (last pretraining loss ~0.01),
+    so every token off its own path costs ~10-20 nats — the gap measures style, not unknown tokens."""
+    import re
+
+    from transformers import AutoTokenizer
+
+    corpus_words = {w for r in pretraining_rows(0, CorpusSizes()) for text in (r["prompt"], r["response"])
+                    for w in re.findall(r"[A-Za-z']+", text)}
+    rows = teacher_rows(0, SetSizes())
+    unseen = {w for r in rows for w in re.findall(r"[A-Za-z']+", r["response"])} - corpus_words
+    assert unseen == set()
+    tok = AutoTokenizer.from_pretrained(str(TESTBED / "model"))
+    chars = sum(len(r["response"]) for r in rows)
+    tokens = sum(len(tok(r["response"], add_special_tokens=False).input_ids) for r in rows)
+    assert chars / tokens > 3.0  # whole words, not byte pieces
+
+
 def _own_responses() -> list[str]:
     """The model's own style for the self-generation prompts, unsteered prompts answered as when steered: what
     ThinkSafe's data stage keeps (refusals for harmful prompts, help and solutions for benign ones)."""
