@@ -75,3 +75,42 @@ def test_user_errors_name_the_directory(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="adapter_config.json"):
         export_merged(tmp_path / "empty", tmp_path / "out")
+
+
+def _snapshot(directory) -> dict[str, bytes]:
+    from pathlib import Path
+
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(Path(directory).rglob("*")) if p.is_file()}
+
+
+def test_export_never_overwrites_without_asking(tiny_qwen3, trained_adapter, tmp_path):
+    adapter_dir, _ = trained_adapter
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "config.json").write_text('{"mine": true}')
+    with pytest.raises(UserError, match="not empty.*--overwrite"):
+        export_merged(adapter_dir, taken)
+    assert _snapshot(taken) == {"config.json": b'{"mine": true}'}
+
+    # with --overwrite the old contents are replaced whole (nothing of them is left)
+    export_merged(adapter_dir, taken, overwrite=True)
+    assert json.loads((taken / "config.json").read_text())["architectures"] == ["Qwen3ForCausalLM"]
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()), "no temporary directory is left"
+
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(UserError, match="a_file: it is a file"):
+        export_merged(adapter_dir, tmp_path / "a_file", overwrite=True)
+
+    empty = tmp_path / "empty_out"
+    empty.mkdir()
+    assert (export_merged(adapter_dir, empty) / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("target", ["base", "adapter", "inside_adapter"])
+def test_export_refuses_the_base_and_adapter_directories_even_with_overwrite(tiny_qwen3, trained_adapter, target):
+    adapter_dir, _ = trained_adapter
+    out = {"base": tiny_qwen3, "adapter": adapter_dir, "inside_adapter": adapter_dir / "merged"}[target]
+    before_base, before_adapter = _snapshot(tiny_qwen3), _snapshot(adapter_dir)
+    with pytest.raises(UserError, match="overwrite the files it is made from"):
+        export_merged(adapter_dir, out, base=str(tiny_qwen3), overwrite=True)
+    assert _snapshot(tiny_qwen3) == before_base and _snapshot(adapter_dir) == before_adapter
