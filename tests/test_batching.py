@@ -386,3 +386,40 @@ def test_auto_checkpointing_is_decided_when_fit_starts_and_logged(tiny_qwen3, tm
     events.Reload()
     assert [e.value for e in events.Scalars("train/gradient_checkpointing")] == [float(needed)]
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in module.parameters())
+
+
+def _spearman(xs: list[float], ys: list[float]) -> float:
+    def ranks(v):
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        for k, i in enumerate(order):
+            r[i] = float(k)
+        return r
+
+    a, b = ranks(xs), ranks(ys)
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b))
+    return cov / (sum((x - ma) ** 2 for x in a) * sum((y - mb) ** 2 for y in b)) ** 0.5
+
+
+@pytest.mark.parametrize("micro_batches_per_step,world_size", [(1, 1), (4, 1), (2, 2)])
+def test_optimizer_steps_do_not_follow_row_length_across_the_epoch(micro_batches_per_step, world_size):
+    """Micro-batches are grouped by length, but the order of optimizer steps must not be: a schedule that met
+    short rows first and long ones last (or the reverse) would tie the learning rate to length. The rank
+    correlation between step index and the step's mean row length is near zero (its spread under a random
+    order is ~1/sqrt(steps) ≈ 0.03-0.05 here), while the micro-batches themselves are length-sorted (≈ 1)."""
+    from thinksafe.data.batching import group_by_length
+
+    for seed in range(3):
+        lengths = trace_lengths(60_000, 2048, seed=seed)
+        plan = plan_epoch(lengths, lengths, 4096, micro_batches_per_step, world_size, seed=seed, epoch=0)
+        rows_of_step: dict[int, list[int]] = {}
+        for rank in plan:
+            for mb in rank:
+                rows_of_step.setdefault(mb.step, []).extend(lengths[i] for i in mb.rows)
+        steps = sorted(rows_of_step)
+        assert len(steps) > 250
+        mean_length = [sum(rows_of_step[s]) / len(rows_of_step[s]) for s in steps]
+        assert abs(_spearman(steps, mean_length)) < 0.2, (seed, _spearman(steps, mean_length))
+        grouped = group_by_length(lengths, 4096, random.Random(seed))
+        assert _spearman(list(range(len(grouped))), [max(lengths[i] for i in b) for b in grouped]) > 0.95

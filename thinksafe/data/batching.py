@@ -233,6 +233,8 @@ class TokenBudgetSampler(DistributedSampler):
         self.supervised = list(supervised)
         self.max_tokens_per_batch = max_tokens_per_batch
         self.micro_batches_per_step = micro_batches_per_step
+        self.skip = 0
+        """Micro-batches of the next pass to leave out (set by :class:`ResumableLoader` when a run resumes)."""
         self._plans: dict[int, list[list[MicroBatch]]] = {}
 
     def plan(self) -> list[list[MicroBatch]]:
@@ -248,10 +250,106 @@ class TokenBudgetSampler(DistributedSampler):
         return summarize(self.plan(), self.lengths, self.max_tokens_per_batch, self.micro_batches_per_step)
 
     def __iter__(self):
-        return iter(self.plan()[self.rank])
+        # a generator: the plan is read at the first batch, after Lightning's set_epoch (it creates the iterator
+        # of a resumed run before setting the epoch)
+        skip, self.skip = self.skip, 0
+        yield from self.plan()[self.rank][skip:]
 
     def __len__(self) -> int:
         return len(self.plan()[self.rank])
+
+    def fingerprint(self) -> str:
+        """What the plans depend on besides the epoch: a checkpoint's position means nothing under another."""
+        return _fingerprint("token-budget", self.lengths, self.max_tokens_per_batch, self.micro_batches_per_step,
+                            self.num_replicas, self.seed)
+
+
+class RowShuffleSampler(DistributedSampler):
+    """Row indices in a shuffled order that depends on ``(seed, epoch)`` only, for fixed-size batches.
+
+    On one rank the order is exactly that of ``DataLoader(shuffle=True, generator=Generator().manual_seed(seed))``
+    over the same epochs (what thinksafe used before, so earlier runs' numbers stand), but computed from the
+    epoch instead of carried in a generator that a resumed run would re-seed. On several ranks it is
+    ``DistributedSampler``'s own order (what Lightning substituted before). A ``DistributedSampler`` itself, so
+    Lightning leaves it in place.
+    """
+
+    def __init__(self, rows: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        super().__init__(range(rows), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+        self.rows = rows
+        self.skip = 0
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        if self.num_replicas > 1:
+            yield from list(super().__iter__())[skip:]
+            return
+        # per pass, the DataLoader's iterator drew its workers' base seed from the generator, then RandomSampler
+        # two permutations (the second for a remainder of length 0)
+        g = torch.Generator().manual_seed(self.seed)
+        for _ in range(self.epoch):
+            torch.empty((), dtype=torch.int64).random_(generator=g)
+            torch.randperm(self.rows, generator=g)
+            torch.randperm(self.rows, generator=g)
+        torch.empty((), dtype=torch.int64).random_(generator=g)
+        yield from torch.randperm(self.rows, generator=g).tolist()[skip:]
+
+    def fingerprint(self) -> str:
+        return _fingerprint("rows", [self.rows], self.num_replicas, self.seed)
+
+
+def _fingerprint(*parts: Any) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose position Lightning checkpoints and restores.
+
+    Lightning saves the ``state_dict`` of a loader that has one with the fit loop's state and hands it back to
+    ``load_state_dict`` when a run resumes (``--ckpt_path``), before the loader is iterated. The state is the
+    epoch, how many batches of it were served, and the fingerprint of the sampler's plan; the sampler's order is a
+    function of ``(seed, epoch)``, so the resumed run serves the rest of the same epoch, batch for batch, and
+    Lightning's own count (restored too) ends the epoch where the uninterrupted run did. Counted here, in the
+    main process, as batches are handed out (a sampler is read ahead by workers). The sampler is a
+    :class:`TokenBudgetSampler` (its items are micro-batches) or a :class:`RowShuffleSampler` with ``batch_size``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        # each iterator draws its workers' base seed from this generator; from the global one (the default) the
+        # draw would shift what dropout reads, and a resumed run creates its iterator mid-epoch, where the
+        # uninterrupted run drew nothing
+        kwargs.setdefault("generator", torch.Generator().manual_seed(0))
+        super().__init__(*args, **kwargs)
+        self._served = 0
+        self._resume: dict[str, Any] | None = None
+
+    def _items_per_batch(self) -> int:
+        return 1 if self.batch_size is None else self.batch_size
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(epoch=self.sampler.epoch, served=self._served, fingerprint=self.sampler.fingerprint())
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("fingerprint") != self.sampler.fingerprint():
+            raise UserError(
+                "the checkpoint's data order was planned for other training rows or batching settings (data.*, "
+                "trainer.devices or the seed changed since it was written), so the run cannot continue where it "
+                "stopped. Resume with the settings it was made with, or start over without --ckpt_path."
+            )
+        self._resume = dict(state)
+        self.sampler.set_epoch(state["epoch"])  # in case the sampler is read before Lightning sets the epoch
+
+    def __iter__(self):
+        resume, self._resume = self._resume, None
+        served = resume["served"] if resume is not None and resume["epoch"] == self.sampler.epoch else 0
+        self.sampler.skip = served * self._items_per_batch()
+        self._served = served
+        for batch in super().__iter__():
+            self._served += 1
+            yield batch
 
 
 class MicroBatchDataset(Dataset):
@@ -296,7 +394,7 @@ def token_budget_loader(
         )
         sampler._plans.clear()
     # batch_size=None: the sampler's items are whole micro-batches, collated by the dataset
-    return DataLoader(MicroBatchDataset(rows, pad_id), batch_size=None, sampler=sampler, num_workers=num_workers)
+    return ResumableLoader(MicroBatchDataset(rows, pad_id), batch_size=None, sampler=sampler, num_workers=num_workers)
 
 
 # ------------------------------------------------------------------------------- gradient checkpointing policy

@@ -217,20 +217,22 @@ class SafetyDataModule(L.LightningDataModule):
         return {lab: sum(r.label == lab for r in self.train_rows) for lab in LABELS}
 
     def train_dataloader(self):
-        import torch
-        from torch.utils.data import DataLoader
+        from thinksafe.data.batching import ResumableLoader, RowShuffleSampler
 
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         if self.max_tokens_per_batch is None:
-            g = torch.Generator().manual_seed(self.seed)
-            return DataLoader(self.train_rows, batch_size=self.batch_size, shuffle=True, generator=g,
-                              num_workers=self.num_workers, collate_fn=self.collate_fn())
+            # the order is a function of (seed, epoch) and the loader's position is checkpointed, so a resumed run
+            # continues with the very batch the interrupted one would have trained on next
+            return self._resumable(ResumableLoader(
+                self.train_rows, batch_size=self.batch_size,
+                sampler=RowShuffleSampler(len(self.train_rows), self.seed, rank, world),
+                num_workers=self.num_workers, collate_fn=self.collate_fn()))
 
         from lightning.pytorch.utilities import rank_zero_info
 
         from thinksafe.data.batching import token_budget_loader
 
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
         # a reload (reload_dataloaders_every_n_epochs) finds the accumulation this method set before
         planned = self.rows_per_step is not None or self.tokens_per_step is not None
@@ -247,4 +249,25 @@ class SafetyDataModule(L.LightningDataModule):
             # read after this call by Lightning's loop and by estimated_stepping_batches (the LR schedule)
             trainer.accumulate_grad_batches = self._accumulation_set = loader.sampler.micro_batches_per_step
         rank_zero_info(f"thinksafe: {loader.sampler.summary().describe()}")
+        return self._resumable(loader)
+
+    # ------------------------------------------------------------------------------------------------ resume
+    # The loader's position (epoch, batches served, plan fingerprint) travels in the checkpoint through these two
+    # hooks. Lightning also checkpoints a loader that has a state_dict, but restores it only when it builds the
+    # loader after reading the checkpoint; the LR schedule (estimated_stepping_batches) makes it build the loader
+    # before, its restore is then skipped, and the run would start the epoch over (Lightning 2.6).
+    def state_dict(self) -> dict[str, Any]:
+        loader = getattr(self, "_loader", None)
+        return {"loader": loader.state_dict()} if loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loader_state = state_dict.get("loader")
+        if getattr(self, "_loader", None) is not None and self._loader_state is not None:
+            self._loader.load_state_dict(self._loader_state)  # built already (strategies that restore late)
+
+    def _resumable(self, loader):
+        self._loader = loader
+        state, self._loader_state = getattr(self, "_loader_state", None), None
+        if state is not None:
+            loader.load_state_dict(state)
         return loader
