@@ -185,3 +185,92 @@ def test_sigkill_and_resume_loses_and_duplicates_nothing(tiny_qwen3, tmp_path):
     # per-prompt seeds: the resumed run holds exactly what an uninterrupted one does
     strip = lambda rs: [{k: v for k, v in r.items()} for r in rs]
     assert strip(rows) == strip(read_jsonl(clean / "samples.jsonl"))
+
+
+# ------------------------------------------------------------------------- damaged or half-made directories
+def _files(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def finished_set(tiny_qwen3, tmp_path_factory) -> Path:
+    """A finished set sampled in this process (TransformersSampler, plain format: the random model's text is
+    kept when the offline judge finds it safe)."""
+    out = tmp_path_factory.mktemp("finished") / "set"
+    run(out, tiny_qwen3, TransformersSampler(batch_size=4), fmt="plain", max_tokens=12, chunk_size=3)
+    return out
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _damage_line(path: Path, line: int) -> None:
+    lines = path.read_bytes().split(b"\n")
+    lines[line - 1] = lines[line - 1][: len(lines[line - 1]) // 2]
+    path.write_bytes(b"\n".join(lines))
+
+
+def test_a_damaged_finished_set_is_refused_naming_the_line_then_repaired(tiny_qwen3, finished_set, tmp_path):
+    out = _copy(finished_set, tmp_path / "set")
+    good = read_jsonl(out / "samples.jsonl")
+    _damage_line(out / "samples.jsonl", 7)
+    before = _files(out)
+    with pytest.raises(UserError, match=r"samples\.jsonl:7: the line is damaged"):
+        run(out, tiny_qwen3, TransformersSampler(batch_size=4), fmt="plain", max_tokens=12, chunk_size=3)
+    assert _files(out) == before, "nothing is touched"
+    # the remedy the message gives: without stats.json the guard phase resumes, cut at the damaged line
+    (out / "stats.json").unlink()
+    run(out, tiny_qwen3, TransformersSampler(batch_size=4), fmt="plain", max_tokens=12, chunk_size=3)
+    assert read_jsonl(out / "samples.jsonl") == good
+    check_contract(out, 2)
+
+
+def test_a_finished_set_whose_counts_disagree_with_stats_is_refused(tiny_qwen3, finished_set, tmp_path):
+    out = _copy(finished_set, tmp_path / "set")
+    lines = (out / "samples.jsonl").read_text().splitlines(keepends=True)
+    (out / "samples.jsonl").write_text("".join(lines[:-2]))  # whole lines removed: every line still parses
+    with pytest.raises(UserError, match=r"samples\.jsonl: holds \d+ rows .* but .*stats\.json counts"):
+        run(out, tiny_qwen3, TransformersSampler(batch_size=4), fmt="plain", max_tokens=12, chunk_size=3)
+
+
+def test_a_damaged_manifest_is_a_user_error_naming_it(tiny_qwen3, finished_set, tmp_path):
+    out = _copy(finished_set, tmp_path / "set")
+    (out / "manifest.json").write_bytes((out / "manifest.json").read_bytes()[:40])
+    before = _files(out)
+    with pytest.raises(UserError, match=r"manifest\.json: the file is damaged.*--data\.overwrite=true"):
+        run(out, tiny_qwen3, TransformersSampler(batch_size=4), fmt="plain", max_tokens=12, chunk_size=3)
+    assert _files(out) == before
+
+
+def test_mid_file_damage_in_an_unfinished_log_is_cut_and_the_rest_redone(tiny_qwen3, finished_set, tmp_path):
+    out = _copy(finished_set, tmp_path / "set")
+    (out / "stats.json").unlink()
+    (out / "samples.jsonl").unlink()
+    sampled = read_jsonl(out / "sampled.jsonl")
+    _damage_line(out / "sampled.jsonl", 5)  # prompt 2's first sample; prompts after it follow intact
+    run(out, tiny_qwen3, TransformersSampler(batch_size=4), fmt="plain", max_tokens=12, chunk_size=3)
+    again = read_jsonl(out / "sampled.jsonl")
+    keys = [(r["prompt_index"], r["sample_index"]) for r in again]
+    assert len(keys) == len(set(keys)) == len(sampled), "nothing lost, nothing duplicated"
+    assert again[:4] == sampled[:4], "rows before the damage are kept as they were"
+    check_contract(out, 2)
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_run_that_fails_before_its_first_row_leaves_the_directory_as_found(tiny_qwen3, tmp_path, existed):
+    import shutil
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_qwen3, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # tokenizer and template fine, weights unreadable
+    out = tmp_path / "out"
+    if existed:
+        out.mkdir()
+    with pytest.raises(Exception):
+        run(out, broken, TransformersSampler(), fmt="plain")
+    assert (out.exists() and not any(out.iterdir())) if existed else not out.exists()

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from thinksafe.data.jsonl_log import JsonlLog, read_jsonl, write_json_atomic
+from thinksafe.data.jsonl_log import JsonlLog, disk_errors, read_jsonl, write_json_atomic
 from thinksafe.data.prompts import PromptRow
 from thinksafe.errors import UserError
 from thinksafe.guards.base import Guard
@@ -103,7 +103,15 @@ def _prepare_dir(out: Path, fp: str, overwrite: bool) -> tuple[bool, bool]:
             f"data.output_dir: {out} exists, is not empty and holds no manifest.json, so it was not made by "
             "`thinksafe generate`. Choose an empty or new directory; nothing was written."
         )
-    old = json.loads(manifest.read_text())
+    old = _read_json(manifest)
+    if old is None:
+        if not overwrite:
+            raise UserError(
+                f"{manifest}: the file is damaged (not a JSON object), so the settings {out} was made with are "
+                "unknown and nothing there can be trusted. Pass --data.overwrite=true to start over there, or move "
+                "the directory away; nothing was changed."
+            )
+        old = {}
     if old.get("fingerprint") != fp:
         if not overwrite:
             raise UserError(
@@ -155,13 +163,16 @@ def build_selfgen(
     out = Path(output_dir)
     finished, resumed = _prepare_dir(out, fp, overwrite)
     if finished:
-        stats = json.loads((out / "stats.json").read_text())
+        stats = _verify_finished(out)
         console.print(f"[bold]{out}[/] is complete for these settings; reusing it.")
         print_stats(stats, console)
         return SelfGenResult(out, stats, resumed=True, reused=True)
 
-    out.mkdir(parents=True, exist_ok=True)
-    if not (out / "manifest.json").is_file():
+    created = not out.exists()
+    with disk_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+    wrote_manifest = not (out / "manifest.json").is_file()
+    if wrote_manifest:
         write_json_atomic(
             out / "manifest.json",
             dict(fingerprint=fp, settings=settings, sampler=component_settings(sampler), recipe=recipe,
@@ -170,9 +181,19 @@ def build_selfgen(
     n = sampling.n
     t0 = time.time()
     try:
-        sampled = _sample_phase(out, prompts, sampler, sampling, fmt, template_kwargs, steering_template, chunk_size, console)
-    finally:
-        sampler.close()
+        try:
+            sampled = _sample_phase(out, prompts, sampler, sampling, fmt, template_kwargs, steering_template,
+                                    chunk_size, console)
+        finally:
+            sampler.close()
+    except BaseException:
+        if wrote_manifest and not (out / "sampled.jsonl").exists():
+            # failed before its first row (e.g. the model did not load): leave the directory as it was found, not
+            # bound by a manifest to settings that produced nothing
+            (out / "manifest.json").unlink(missing_ok=True)
+            if created and not any(out.iterdir()):
+                out.rmdir()
+        raise
     try:
         samples = _guard_phase(out, sampled, guard, n, chunk_size, console)
     finally:
@@ -182,6 +203,40 @@ def build_selfgen(
     write_json_atomic(out / "stats.json", stats)
     print_stats(stats, console)
     return SelfGenResult(out, stats, resumed=resumed, reused=False)
+
+
+def _read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``, or None when the file is damaged."""
+    try:
+        value = json.loads(path.read_bytes())
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _verify_finished(out: Path) -> dict[str, Any]:
+    """stats.json of a finished set, after checking that samples.jsonl is what it counts: every line parses and
+    the row and kept counts match. Anything else is a :class:`UserError` naming the file."""
+    stats_path, samples_path = out / "stats.json", out / "samples.jsonl"
+    redo = (f"Delete {stats_path} to have the damaged rows redone on the next run (the log is cut at the first bad "
+            "line), or pass --data.overwrite=true to start over.")
+    stats = _read_json(stats_path)
+    if stats is None or not isinstance(stats.get("all"), dict):
+        raise UserError(f"{stats_path}: the file is damaged (not the JSON object thinksafe wrote). {redo}")
+    rows = JsonlLog(samples_path).verify() if samples_path.is_file() else None
+    if rows is None:
+        raise UserError(f"{samples_path}: missing, although {stats_path} says the set is finished. {redo}")
+    for n, row in enumerate(rows, start=1):
+        if not {"prompt", "response", "label", "kept"} <= row.keys():
+            raise UserError(f"{samples_path}:{n}: the row lacks prompt/response/label/kept. {redo}")
+    counted = (stats["all"].get("samples"), stats["all"].get("kept"))
+    found = (len(rows), sum(bool(r["kept"]) for r in rows))
+    if counted != found:
+        raise UserError(
+            f"{samples_path}: holds {found[0]} rows ({found[1]} kept), but {stats_path} counts {counted[0]} "
+            f"({counted[1]} kept): the finished set was changed after it was written. {redo}"
+        )
+    return stats
 
 
 def _chunks(items: list, size: int):
