@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thinksafe.data.jsonl_log import write_json_atomic
+from thinksafe.data.jsonl_log import write_bytes_atomic, write_json_atomic
 from thinksafe.errors import UserError
 from thinksafe.testbed.corpus import CorpusSizes, SetSizes, heldout_sets, pretraining_rows, selfgen_prompts, teacher_rows
 from thinksafe.testbed.pretrain import ModelShape, PretrainConfig
@@ -121,13 +121,28 @@ def _model_intact(root: Path, manifest: dict[str, Any]) -> bool:
 
 
 def _intact(root: Path, manifest: dict[str, Any]) -> bool:
+    return not changed_files(root, manifest)
+
+
+def changed_files(root: Path, manifest: dict[str, Any]) -> list[str]:
+    """Files of the testbed that are missing, added or whose sha256 differs from the manifest's (sorted)."""
     recorded = manifest.get("files", {})
-    present = {**{n: root / f for n, f in DATA_FILES.items()}}
-    if not all(p.is_file() for p in present.values()) or not (root / MODEL_DIR).is_dir():
-        return False
-    actual = {**{f: _sha((root / f).read_bytes()) for f in DATA_FILES.values()},
-              **{f"{MODEL_DIR}/{k}": v for k, v in _tree_hashes(root / MODEL_DIR).items()}}
-    return actual == recorded
+    actual = {f: _sha((root / f).read_bytes()) for f in DATA_FILES.values() if (root / f).is_file()}
+    if (root / MODEL_DIR).is_dir():
+        actual.update({f"{MODEL_DIR}/{k}": v for k, v in _tree_hashes(root / MODEL_DIR).items()})
+    expected = set(recorded) | set(DATA_FILES.values())
+    return sorted(f for f in expected | set(actual) if recorded.get(f) != actual.get(f))
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads(path.read_bytes())
+    except ValueError:
+        manifest = None
+    if not isinstance(manifest, dict):
+        raise UserError(f"testbed: {path} is damaged (not a JSON object), so what the testbed was built from is "
+                        f"unknown. Rebuild it: `thinksafe testbed build --output_dir {path.parent} --force true`.")
+    return manifest
 
 
 def build_testbed(
@@ -168,7 +183,12 @@ def build_testbed(
     manifest_path = out / "manifest.json"
     old: dict[str, Any] = {}
     if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
+        try:
+            old = _read_manifest(manifest_path)
+        except UserError:
+            if not force:
+                raise
+            old = {}
         if old.get("fingerprint") == fp and _intact(out, old):
             console.print(f"testbed [bold]{out}[/] is built for these settings; reusing it.")
             return Testbed(out, old, reused=True)
@@ -193,7 +213,7 @@ def build_testbed(
     for name, rows in data.files.items():
         path = out / DATA_FILES[name]
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(_jsonl(rows))
+        write_bytes_atomic(path, _jsonl(rows))
     if keep_model:
         losses, seconds = [], old.get("pretraining_seconds", 0.0)
     else:
@@ -266,10 +286,19 @@ def _versions() -> dict[str, str | None]:
 
 
 def load_testbed(output_dir: str = "data/testbed") -> Testbed:
-    """A built testbed directory (fails with a hint when it is not built)."""
+    """A built testbed directory, its files checked against the manifest's hashes as ``build`` checks them (fails
+    with a hint when it is not built, damaged or changed)."""
     root = Path(output_dir)
     manifest = root / "manifest.json"
     if not manifest.is_file():
         raise UserError(f"testbed: {root} holds no built testbed (no manifest.json). Run `thinksafe testbed build "
                         f"--output_dir {root}` first.")
-    return Testbed(root, json.loads(manifest.read_text()), reused=True)
+    recorded = _read_manifest(manifest)
+    changed = changed_files(root, recorded)
+    if changed:
+        raise UserError(
+            f"testbed: {root} has files that changed since it was built (their sha256 differ from {manifest}): "
+            f"{', '.join(changed[:5])}{' …' if len(changed) > 5 else ''}. Rates measured on it would not be the "
+            f"testbed's. Rebuild it: `thinksafe testbed build --output_dir {root} --force true`."
+        )
+    return Testbed(root, recorded, reused=True)
