@@ -46,3 +46,22 @@ def test_testbed_check_refuses_a_damaged_manifest(testbed, capsys):
     assert main(["testbed", "check", "--output_dir", str(testbed), "--n", "2"]) == 2
     err = capsys.readouterr().err
     assert "manifest.json is damaged" in err and "Traceback" not in err
+
+
+def test_responses_with_an_unclosed_think_block_are_dropped_and_counted(tmp_path, capsys):
+    import json
+
+    from thinksafe.data.responses import load_responses
+
+    path = tmp_path / "responses.jsonl"
+    rows = [("a", "<think>\nfine\n</think>\n\nAnswer."), ("b", "<think>\ncut short in the midd"),
+            ("c", "No reasoning at all.")]
+    path.write_text("".join(json.dumps({"instruction": p, "response": r, "label": "vanilla_benign"}) + "\n"
+                            for p, r in rows))
+    kept = load_responses(str(path))
+    assert [r.prompt for r in kept] == ["a", "c"]
+    err = capsys.readouterr().err
+    assert "dropped 1 of 3 rows" in err and f"{path}:2" in err
+    path.write_text(json.dumps({"instruction": "b", "response": "<think>\nnever closed", "label": "vanilla_benign"}) + "\n")
+    with pytest.raises(UserError, match="never closes.*nothing to train on"):
+        load_responses(str(path))
