@@ -159,7 +159,7 @@ def _sync(device: str) -> None:
 def _reset_peak(device: str) -> None:
     import torch
 
-    from thinksafe.data.batching import _reset_host_peak
+    from thinksafe.model.memory import _reset_host_peak
 
     gc.collect()
     if device == "cuda":
@@ -172,7 +172,7 @@ def _reset_peak(device: str) -> None:
 def _peak(device: str) -> float | None:
     import torch
 
-    from thinksafe.data.batching import _host_rss
+    from thinksafe.model.memory import _host_rss
 
     if device == "cuda":
         return float(torch.cuda.max_memory_allocated())
@@ -247,9 +247,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     import torch
 
-    from thinksafe.data.batching import (choose_gradient_checkpointing, set_gradient_checkpointing,
-                                         token_budget_loader, worst_case_batch)
+    from thinksafe.data.batching import token_budget_loader, worst_case_batch
     from thinksafe.model.adapters import LoRA
+    from thinksafe.model.memory import choose_gradient_checkpointing, set_gradient_checkpointing
     from thinksafe.model.module import ThinkSafeModule
 
     if args.device == "cuda" and not torch.cuda.is_available():

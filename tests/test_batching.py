@@ -17,18 +17,17 @@ from torch.utils.data import DistributedSampler
 from thinksafe.data.batching import (
     MicroBatchDataset,
     TokenBudgetSampler,
-    choose_gradient_checkpointing,
     equalize_for_ranks,
     micro_batches_per_step_for,
     plan_epoch,
-    set_gradient_checkpointing,
     summarize,
     supervised_tokens,
     token_budget_loader,
     worst_case_batch,
 )
-from thinksafe.rows import IGNORE_INDEX, ChatEncoder, EncodedRow, collate
 from thinksafe.errors import UserError
+from thinksafe.model.memory import choose_gradient_checkpointing, set_gradient_checkpointing
+from thinksafe.rows import IGNORE_INDEX, ChatEncoder, EncodedRow, collate
 
 
 def trace_lengths(n: int, longest: int, seed: int = 0) -> list[int]:
@@ -352,12 +351,12 @@ def test_auto_checkpointing_is_decided_when_fit_starts_and_logged(tiny_qwen3, tm
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    import thinksafe.data.batching as batching
+    import thinksafe.model.memory as memory
     from thinksafe.data.datamodule import SafetyDataModule
     from thinksafe.model.adapters import LoRA
     from thinksafe.model.module import ThinkSafeModule
 
-    real_peak, probed = batching.peak_step_memory, []
+    real_peak, probed = memory.peak_step_memory, []
 
     def peak(module, batch, step=None):
         real_peak(module, batch, step)  # the real forward and backward of the probe
@@ -365,8 +364,8 @@ def test_auto_checkpointing_is_decided_when_fit_starts_and_logged(tiny_qwen3, tm
         probed.append((tuple(batch["input_ids"].shape), on))
         return 1e9 if on or not needed else 3e9
 
-    monkeypatch.setattr(batching, "peak_step_memory", peak)
-    monkeypatch.setattr(batching, "usable_memory", lambda device: 2e9 / 0.9)
+    monkeypatch.setattr(memory, "peak_step_memory", peak)
+    monkeypatch.setattr(memory, "usable_memory", lambda device: 2e9 / 0.9)
     responses = tmp_path / "responses.jsonl"
     responses.write_text("".join(json.dumps(dict(instruction=f"How do I bake bread {i}?", label=label,
                                                  response=f"<think>\nStep {i}.\n</think>\n\nLike this {i}.")) + "\n"

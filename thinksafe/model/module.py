@@ -89,7 +89,7 @@ class ThinkSafeModule(LightningModule):
         gradient_checkpointing: recompute decoder activations in backward (less memory, 30–150% slower). "auto":
             only when the worst-case micro-batch of the training set (``data.max_tokens_per_batch``, else
             ``data.batch_size`` copies of the longest row) does not fit in memory without it — measured with one
-            real training step when fit starts, and logged (:func:`thinksafe.data.batching.choose_gradient_checkpointing`).
+            real training step when fit starts, and logged (:func:`thinksafe.model.memory.choose_gradient_checkpointing`).
         dtype: weight dtype at load: "auto" (bf16 on CUDA, fp32 on CPU), "bfloat16", "float16", "float32".
         attn_implementation: transformers attention backend ("sdpa", "flash_attention_2", "eager"); None: default.
         log_samples_every_n_steps: every N optimizer steps, write one decoded row (prompt, target and the
@@ -205,7 +205,7 @@ class ThinkSafeModule(LightningModule):
         """``gradient_checkpointing: auto``: probe the worst-case micro-batch of the training set on every rank."""
         from lightning.pytorch.utilities import rank_zero_info
 
-        from thinksafe.data.batching import choose_gradient_checkpointing
+        from thinksafe.model.memory import choose_gradient_checkpointing
 
         dm = getattr(self.trainer, "datamodule", None)
         if not hasattr(dm, "memory_probe"):
