@@ -44,8 +44,8 @@ def vllm_sampler():
     """One VLLMSampler for the whole run: its engine stays up across tests (start is ~30 s on this CPU)
     and is restarted only when a test asks for another model."""
     pytest.importorskip("vllm")
-    from thinksafe.sampling import VLLMSampler
+    from thinksafe.sampling import VLLMSampler, kept_engines
 
-    sampler = VLLMSampler(keep_engine=True, gpu_memory_utilization=0.1, max_model_len=2048)
-    yield sampler
-    sampler.shutdown()
+    sampler = VLLMSampler(gpu_memory_utilization=0.1, max_model_len=2048)
+    with kept_engines(sampler):  # close() calls of the code under test leave the engine up for the next test
+        yield sampler

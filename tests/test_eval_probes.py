@@ -1,6 +1,7 @@
 """SafetyProbes in a real 2-step CPU fit of a tiny model, through a plain LightningModule of our own."""
 
 import csv
+import dataclasses
 
 import lightning.pytorch as pl
 import pytest
@@ -96,3 +97,23 @@ def test_probe_sets_are_checked_at_construction(benchmark_dir):
         SafetyProbes(math="xstest", benchmark_dir=bench)
     with pytest.raises(UserError, match="at least one"):
         SafetyProbes()
+
+
+def test_probes_sample_through_the_transformers_sampler(tiny_qwen3, benchmark_dir):
+    """The probe's greedy texts are the transformers sampler's on the same weights; the training model stays
+    in training mode and its tokenizer's padding side is left alone."""
+    from thinksafe.sampling import GREEDY, TransformersSampler
+
+    probes = SafetyProbes(math="gsm8k", limit=2, max_new_tokens=6, benchmark_dir=str(benchmark_dir))
+    module = TinyLM(tiny_qwen3)
+    side = module.tokenizer.padding_side
+    prompts = ["What is 2 + 3?", "Name a colour."]
+    texts = probes._generate(module.model, module.tokenizer, prompts, {"enable_thinking": True})
+    assert module.model.training and module.tokenizer.padding_side == side
+
+    sampler = TransformersSampler(dtype="float32")
+    params = dataclasses.replace(GREEDY, max_tokens=6)
+    chats = [[{"role": "user", "content": p}] for p in prompts]
+    expected = [c[0].text for c in sampler.generate(str(tiny_qwen3), chats, params, {"enable_thinking": True})]
+    sampler.close()
+    assert texts == expected and all(texts)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from thinksafe.eval import run_eval, score
-from thinksafe.sampling import SamplingConfig, TransformersSampler, VLLMSampler
+from thinksafe.sampling import SamplingConfig, TransformersSampler, VLLMSampler, kept_engines
 
 BENCHMARKS = ["gsm8k", "xstest", "strongreject"]
 
@@ -83,19 +83,41 @@ def test_eval_writes_results_and_score_reproduces_them(tiny_qwen3, vllm_sampler,
 def test_lora_adapter_is_served_by_vllm_unmerged(tiny_qwen3, vllm_sampler, benchmark_dir, tmp_path):
     adapter = make_adapter(tiny_qwen3, tmp_path / "adapter")
     greedy = SamplingConfig(n=1, temperature=0.0, max_tokens=16)
-    lora_sampler = VLLMSampler(gpu_memory_utilization=0.1, max_model_len=2048)  # engine of its own, LoRA enabled
+    # engine of its own, LoRA enabled from the start (rank 8) so that re-pointing it never restarts it
+    lora_sampler = VLLMSampler(gpu_memory_utilization=0.1, max_model_len=2048, dtype="float32", max_lora_rank=8)
     out = tmp_path / "eval"
-    run_eval(
-        str(adapter),
-        ["gsm8k"],
-        str(out),
-        limit=3,
-        sampler=lora_sampler,
-        sampling=greedy,
-        benchmark_dir=str(benchmark_dir),
-    )
-    run = json.loads((out / "run.json").read_text())
-    assert (run["adapter"], run["adapter_mode"]) == (str(adapter), "lora")
+    with kept_engines(lora_sampler):
+        run_eval(
+            str(adapter),
+            ["gsm8k"],
+            str(out),
+            limit=3,
+            sampler=lora_sampler,
+            sampling=greedy,
+            benchmark_dir=str(benchmark_dir),
+        )
+        run = json.loads((out / "run.json").read_text())
+        assert (run["adapter"], run["adapter_mode"]) == (str(adapter), "lora")
+        assert run["sampler"]["adapter"] == str(adapter) and lora_sampler.adapter is None  # restored after the run
+
+        # the sampler follows a new adapter without restarting its engine (training rounds, GRPO)
+        chats = [[{"role": "user", "content": p}] for p in ("What is 2 + 3?", "Name a colour.", "Hi!")]
+        kw = {"enable_thinking": True}
+        lora_sampler.set_adapter(str(adapter))
+        first = [c[0].text for c in lora_sampler.generate(str(tiny_qwen3), chats, greedy, kw)]
+        pid = lora_sampler._engine._proc.pid
+        other = make_adapter(tiny_qwen3, tmp_path / "adapter-2", seed=1)
+        lora_sampler.set_adapter(str(other))
+        second = [c[0].text for c in lora_sampler.generate(str(tiny_qwen3), chats, greedy, kw)]
+        assert lora_sampler._engine._proc.pid == pid and second != first
+
+        # served unmerged, the adapter says what its merged weights say
+        from thinksafe.model.export import export_merged
+
+        merged = tmp_path / "merged"
+        export_merged(str(adapter), str(merged), base=str(tiny_qwen3))
+        lora_sampler.set_adapter(None)
+        assert [c[0].text for c in lora_sampler.generate(str(merged), chats, greedy, kw)] == first
 
     base = run_eval(
         str(tiny_qwen3),

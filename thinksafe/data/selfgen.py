@@ -60,10 +60,10 @@ def kept_rows(output_dir: str | Path, source: str = "self-generated") -> list[Te
 
 def component_settings(obj: Any) -> dict[str, Any]:
     """Class and public, JSON-representable attributes of a sampler or guard (for the manifest and the
-    fingerprint); engine lifetime switches are not settings."""
+    fingerprint)."""
     out: dict[str, Any] = {"class": f"{type(obj).__module__}.{type(obj).__qualname__}"}
     for k, v in sorted(vars(obj).items()):
-        if k.startswith("_") or k in ("keep_engine",):
+        if k.startswith("_"):
             continue
         try:
             json.dumps(v)

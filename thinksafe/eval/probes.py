@@ -16,6 +16,7 @@ over training, not with benchmark results. Each metric goes to every logger at t
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,7 @@ from thinksafe.eval.benchmarks.refusal import OverRefusalRate
 from thinksafe.eval.benchmarks.safety import HarmfulRate
 from thinksafe.eval.judges import Judges, JudgeSees
 from thinksafe.guards.base import Guard
+from thinksafe.sampling.base import GREEDY, PROBE_SAMPLING
 from thinksafe.sampling.formats import restore_response
 
 
@@ -44,7 +46,8 @@ class SafetyProbes(Callback):
         limit: prompts per probe set (the first ones of each file).
         max_new_tokens: generation budget per prompt.
         batch_size: prompts per ``generate`` call.
-        do_sample: sample (temperature 0.6, top-p 0.95, seeded) instead of greedy decoding.
+        do_sample: sample (:data:`~thinksafe.sampling.base.PROBE_SAMPLING`: temperature 0.6, top-p 0.95,
+            seeded) instead of greedy decoding (:data:`~thinksafe.sampling.base.GREEDY`).
         seed: seed of sampling; the training RNG state is left untouched.
         judge: judges harm and refusal (None: the offline judge, which needs no accelerator memory).
         judge_sees: "answer" or "trace", as in ``eval``.
@@ -79,6 +82,9 @@ class SafetyProbes(Callback):
         self.batch_size = batch_size
         self.do_sample = do_sample
         self.seed = seed
+        self.sampling = dataclasses.replace(
+            PROBE_SAMPLING if do_sample else GREEDY, max_tokens=max_new_tokens, seed=seed
+        )
         self.judges = Judges(judge, judge, judge_sees)
         self.probes: list[_Probe] = []
         if harmful:
@@ -130,45 +136,21 @@ class SafetyProbes(Callback):
         return values
 
     def _generate(self, model, tokenizer, prompts: list[str], template_kwargs: dict) -> list[str]:
-        was_training = model.training
-        model.eval()
+        """Samples through the transformers sampler attached to the training model, inside a forked RNG so
+        that probing leaves the training run's random state (dropout, data order) untouched."""
+        from thinksafe.sampling.hf_sampler import TransformersSampler
+
         device = next(model.parameters()).device
-        stop = {tokenizer.eos_token_id, *_as_list(getattr(model.generation_config, "eos_token_id", None))} - {None}
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        side, tokenizer.padding_side = tokenizer.padding_side, "left"
-        out: list[str] = []
+        name = getattr(tokenizer, "name_or_path", None) or "training model"
+        sampler = TransformersSampler(batch_size=self.batch_size)
+        sampler.attach(name, model, tokenizer)
+        chats = [[{"role": "user", "content": p}] for p in prompts]
         try:
-            with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(self.seed)
-                for start in range(0, len(prompts), self.batch_size):
-                    chats = [
-                        tokenizer.apply_chat_template(
-                            [{"role": "user", "content": p}],
-                            tokenize=False,
-                            add_generation_prompt=True,
-                            **template_kwargs,
-                        )
-                        for p in prompts[start : start + self.batch_size]
-                    ]
-                    enc = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-                    sampling = (
-                        dict(do_sample=True, temperature=0.6, top_p=0.95) if self.do_sample else dict(do_sample=False)
-                    )
-                    gen = model.generate(
-                        **enc,
-                        max_new_tokens=self.max_new_tokens,
-                        pad_token_id=pad,
-                        eos_token_id=sorted(stop),
-                        **sampling,
-                    )
-                    for ids in gen[:, enc["input_ids"].shape[1] :].tolist():
-                        cut = next((k for k, t in enumerate(ids) if t in stop), len(ids))
-                        # special tokens stay: <think>/</think> may be special in the tokenizer and are the format
-                        out.append(tokenizer.decode(ids[:cut], skip_special_tokens=False))
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                completions = sampler.generate(name, chats, self.sampling, template_kwargs)
         finally:
-            tokenizer.padding_side = side
-            model.train(was_training)
-        return out
+            sampler.close()
+        return [c[0].text for c in completions]
 
 
 @dataclass(frozen=True)
@@ -179,10 +161,6 @@ class _Probe:
     items: list[Item]
     flag: str
     """The per-sample verdict field averaged into the metric."""
-
-
-def _as_list(x) -> list:
-    return x if isinstance(x, list) else [x]
 
 
 def _select(spec: str, harmful: bool, limit: int, benchmark_dir: str | None) -> list[Item]:

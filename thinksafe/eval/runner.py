@@ -23,11 +23,12 @@ from thinksafe.data.jsonl_log import write_json_atomic
 from thinksafe.errors import UserError
 from thinksafe.eval.benchmarks import Loaded, load_benchmark
 from thinksafe.eval.judges import Judges, JudgeSees
-from thinksafe.eval.lora import EvaluatedModel, VLLMLoRASampler, read_adapter_config, resolve_model
+from thinksafe.eval.lora import EvaluatedModel, resolve_model
 from thinksafe.eval.report import Results, sample_rows, write_jsonl, write_results
 from thinksafe.guards.base import Guard
 from thinksafe.sampling.base import Sampler, SamplingConfig
 from thinksafe.sampling.formats import FormatOption, restore_response
+from thinksafe.sampling.vllm_sampler import VLLMSampler
 
 #: The paper's sampling for evaluation: 8 samples at temperature 0.6, top-p 0.95, top-k 20, long budget.
 EVAL_SAMPLING = SamplingConfig(n=8, temperature=0.6, top_p=0.95, top_k=20, max_tokens=32768)
@@ -93,10 +94,13 @@ def run_eval(
     judges = Judges(judge, refusal_judge, judge_sees, console)
     try:
         fmt, template_kwargs = resolve_format(evaluated.path, reasoning_format)
-        active: Sampler = sampler
+        served_before = sampler.adapter if isinstance(sampler, VLLMSampler) else None
         if evaluated.mode == "lora":
-            rank = int(read_adapter_config(evaluated.adapter)["r"])
-            active = VLLMLoRASampler(sampler, evaluated.adapter, rank)
+            assert isinstance(sampler, VLLMSampler)  # resolve_model serves adapters natively only through vLLM
+            sampler.set_adapter(evaluated.adapter)
+        from thinksafe.data.selfgen import component_settings
+
+        sampler_settings = component_settings(sampler)
         console.print(
             f"[bold]eval[/bold] {model}"
             + (f" + {evaluated.adapter} ({evaluated.why})" if evaluated.adapter else "")
@@ -109,7 +113,7 @@ def run_eval(
                 params = sampling if b.benchmark.kind == "reasoning" else dataclasses.replace(sampling, n=safety_n)
                 console.print(f"sampling {b.name}: {len(b.items)} items × {params.n}")
                 conversations = [[{"role": "user", "content": it.prompt}] for it in b.items]
-                completions = active.generate(evaluated.path, conversations, params, template_kwargs)
+                completions = sampler.generate(evaluated.path, conversations, params, template_kwargs)
                 responses[b.name] = [
                     [
                         dict(
@@ -123,9 +127,9 @@ def run_eval(
                 ]
                 write_jsonl(out / f"{b.name}.jsonl", sample_rows(b.items, responses[b.name]))
         finally:
-            active.close()
-            if active is not sampler:
-                sampler.close()
+            sampler.close()
+            if isinstance(sampler, VLLMSampler) and evaluated.mode == "lora":
+                sampler.set_adapter(served_before)  # a caller's sampler serves what it served before
         results = _score_all(loaded, responses, judges, out, console)
         write_results(out, results, tensorboard)
         write_json_atomic(
@@ -133,7 +137,7 @@ def run_eval(
             _run_record(
                 model,
                 evaluated,
-                active,
+                sampler_settings,
                 fmt,
                 template_kwargs,
                 sampling,
@@ -152,8 +156,6 @@ def run_eval(
 
 
 def _default_sampler() -> Sampler:
-    from thinksafe.sampling.vllm_sampler import VLLMSampler
-
     return VLLMSampler()
 
 
@@ -183,7 +185,7 @@ def _score_all(
 def _run_record(
     model: str,
     evaluated: EvaluatedModel,
-    sampler: Sampler,
+    sampler_settings: dict[str, Any],
     fmt: str,
     template_kwargs: dict,
     sampling: SamplingConfig,
@@ -193,15 +195,13 @@ def _run_record(
     limit: int | None,
     seconds: float,
 ) -> dict[str, Any]:
-    from thinksafe.data.selfgen import component_settings
-
     return {
         "model": model,
         "base": evaluated.base,
         "adapter": evaluated.adapter,
         "adapter_mode": evaluated.mode,
         "adapter_note": evaluated.why,
-        "sampler": component_settings(sampler),
+        "sampler": sampler_settings,
         "reasoning_format": fmt,
         "chat_template_kwargs": template_kwargs,
         "sampling": sampling.as_dict(),

@@ -1,7 +1,9 @@
 """WildGuard (allenai/wildguard) as a guard: greedy generation of its three answer lines, then a parser.
 
 WildGuard is not chat-templated: it reads one fixed classifier prompt (:data:`WILDGUARD_PROMPT`, the
-``WILDGUARD_INPUT_FORMAT`` of the allenai/wildguard package and the model card) and answers::
+``WILDGUARD_INPUT_FORMAT`` of the allenai/wildguard package and the model card, and the authors'
+``INSTRUCTION_FORMAT`` in github seanie12/ThinkSafe ``utils/guard_model.py`` lines 11-24, filled with
+``str.format`` as their ``predict`` does, line 169) and answers::
 
     Harmful request: yes|no
     Response refusal: yes|no
@@ -20,7 +22,7 @@ from typing import Any
 
 from thinksafe.errors import UserError
 from thinksafe.guards.base import GuardVerdict
-from thinksafe.guards.llama_guard import GuardEngine, check_engine_args, guard_engine_kwargs
+from thinksafe.sampling.engine import EngineProcess, EngineSettings
 
 WILDGUARD_PROMPT = (
     "<s><|user|>\n"
@@ -124,7 +126,6 @@ class WildGuard:
         max_model_len: guard context length (None: the model's); pairs that leave no room for the
             answer get verdict 'error'.
         dtype: weights/activations dtype ("auto", "bfloat16", "float16", "float32").
-        keep_engine: keep the engine across :meth:`close` calls; :meth:`shutdown` ends it.
         max_tokens: tokens generated per pair; the three answer lines take about 20.
     """
 
@@ -137,29 +138,26 @@ class WildGuard:
         gpu_memory_utilization: float | None = None,
         max_model_len: int | None = None,
         dtype: str = "auto",
-        keep_engine: bool = False,
         max_tokens: int = 32,
     ):
         if max_tokens < 1:
             raise UserError(f"WildGuard: max_tokens must be ≥ 1, got {max_tokens}.")
-        check_engine_args("WildGuard", tensor_parallel_size, gpu_memory_utilization, max_model_len)
         self.model = model
         self.tensor_parallel_size = tensor_parallel_size
         self.gpu_memory_utilization = gpu_memory_utilization
         self.max_model_len = max_model_len
         self.dtype = dtype
-        self.keep_engine = keep_engine
         self.max_tokens = max_tokens
-        self._engine = GuardEngine("WildGuard", keep_engine)
+        self.engine_settings().check("WildGuard")
+        self._engine = EngineProcess("WildGuard")
+
+    def engine_settings(self) -> EngineSettings:
+        return EngineSettings(self.tensor_parallel_size, self.gpu_memory_utilization, self.dtype, self.max_model_len)
 
     def engine_kwargs(self) -> dict[str, Any]:
-        return guard_engine_kwargs(
-            self.model, self.tensor_parallel_size, self.gpu_memory_utilization, self.max_model_len, self.dtype
-        )
+        return self.engine_settings().engine_kwargs(self.model, seed=0)
 
-    def judge(
-        self, prompts: list[str], responses: list[str], harmful: list[bool] | None = None
-    ) -> list[GuardVerdict]:
+    def judge(self, prompts: list[str], responses: list[str], harmful: list[bool] | None = None) -> list[GuardVerdict]:
         """One verdict per pair; ``harmful`` is ignored (the guard judges the text alone)."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -189,6 +187,3 @@ class WildGuard:
 
     def close(self) -> None:
         self._engine.close()
-
-    def shutdown(self) -> None:
-        self._engine.shutdown()

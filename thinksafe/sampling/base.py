@@ -67,7 +67,18 @@ class Sampler(Protocol):
         would; None derives them from ``params.seed``."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Free the engine/model and its accelerator memory now; a later :meth:`generate` starts it again."""
+        ...
+
+
+# Sampling presets used outside evaluation, defined here once (the evaluation presets per model family are
+# thinksafe.eval.protocol.EVAL_PRESETS).
+
+#: Greedy decoding, one sample of up to 256 tokens: before/after tables, safety probes, testbed checks.
+GREEDY = SamplingConfig(n=1, temperature=0.0, top_p=1.0, top_k=0, max_tokens=256, seed=0)
+#: Seeded sampling at the paper's temperature, one sample of up to 256 tokens: probes with ``do_sample``.
+PROBE_SAMPLING = SamplingConfig(n=1, temperature=0.6, top_p=0.95, top_k=0, max_tokens=256, seed=0)
 
 
 def request_seed(base: int, sample_index: int) -> int:

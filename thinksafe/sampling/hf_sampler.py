@@ -22,6 +22,11 @@ class TransformersSampler:
         self.dtype = dtype
         self._loaded: tuple[str, Any, Any] | None = None
 
+    def attach(self, name: str, model, tokenizer) -> None:
+        """Sample from an in-memory model under ``name`` (the one being trained, for probes) instead of
+        loading ``name`` from disk; :meth:`close` drops the reference."""
+        self._loaded = (name, model, tokenizer)
+
     def _load(self, model: str):
         if self._loaded is not None and self._loaded[0] == model:
             return self._loaded[1], self._loaded[2]
@@ -44,24 +49,35 @@ class TransformersSampler:
         seeds: list[int] | None = None,
     ) -> list[list[Completion]]:
         """Batches share one torch generator, seeded from the batch's first seed: unlike vLLM, samples
-        depend on how conversations are batched."""
-        import torch
-        from tqdm.auto import tqdm
-
+        depend on how conversations are batched. The model runs in eval mode and the tokenizer's padding
+        side is left as they were found (an attached training model keeps training)."""
         lm, tok = self._load(model)
+        was_training, side, pad = lm.training, tok.padding_side, tok.pad_token
+        lm.eval()
         tok.padding_side = "left"
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
+        try:
+            return self._generate(lm, tok, conversations, params, chat_template_kwargs, seeds)
+        finally:
+            lm.train(was_training)
+            tok.padding_side, tok.pad_token = side, pad
+
+    def _generate(self, lm, tok, conversations, params, chat_template_kwargs, seeds) -> list[list[Completion]]:
+        import torch
+        from tqdm.auto import tqdm
+
         stop_ids = _stop_token_ids(lm, tok)
+        device = next(lm.parameters()).device
         out: list[list[Completion]] = []
-        for start in tqdm(range(0, len(conversations), self.batch_size), desc="sampling (transformers)"):
+        for start in tqdm(range(0, len(conversations), self.batch_size), desc="sampling (transformers)", leave=False):
             batch = conversations[start : start + self.batch_size]
             torch.manual_seed(seeds[start] if seeds else params.seed + start)
             texts = [
                 tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True, **(chat_template_kwargs or {}))
                 for c in batch
             ]
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             with torch.no_grad():
                 gen = lm.generate(
                     **enc,
@@ -82,7 +98,9 @@ class TransformersSampler:
                     cut = next((k for k, t in enumerate(ids) if t in stop_ids), None)
                     kept = ids if cut is None else ids[:cut]
                     comps.append(
-                        Completion(tok.decode(kept, skip_special_tokens=True), "length" if cut is None else "stop", len(kept))
+                        Completion(
+                            tok.decode(kept, skip_special_tokens=True), "length" if cut is None else "stop", len(kept)
+                        )
                     )
                 out.append(comps)
         return out

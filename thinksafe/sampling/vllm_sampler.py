@@ -1,16 +1,50 @@
-"""The vLLM sampler: ``LLM.chat`` in a spawned process (see :mod:`thinksafe.sampling.engine`)."""
+"""The vLLM sampler: ``LLM.chat`` in a spawned process (see :mod:`thinksafe.sampling.engine`), optionally
+through a LoRA adapter served as a vLLM LoRA request (never merged)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+from thinksafe.errors import UserError
 from thinksafe.sampling.base import Completion, Message, SamplingConfig, request_seed
-from thinksafe.sampling.engine import EngineProcess, vllm_is_cpu_build
+from thinksafe.sampling.engine import EngineProcess, EngineSettings
+
+#: LoRA ranks vLLM accepts for ``max_lora_rank``.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
-def _chat(llm, conversations, params: dict[str, Any], seeds: list[int], chat_template_kwargs) -> list[list[tuple]]:
+def read_adapter_config(path: str | Path) -> dict[str, Any] | None:
+    """The PEFT config of an adapter directory; None when ``path`` is not one."""
+    cfg = Path(path) / "adapter_config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        return json.loads(cfg.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{cfg}:{e.lineno}: malformed adapter config ({e.msg}).") from None
+
+
+def vllm_lora_blocker(config: dict[str, Any]) -> str | None:
+    """Why vLLM cannot serve this adapter unmerged, or None when it can."""
+    if config.get("peft_type", "LORA") != "LORA":
+        return f"peft_type {config.get('peft_type')} is not LoRA"
+    if config.get("use_dora"):
+        return "DoRA adapters are not supported by vLLM"
+    if config.get("modules_to_save"):
+        return f"modules_to_save {config['modules_to_save']} are not supported by vLLM"
+    if int(config.get("r", 8)) > VLLM_LORA_RANKS[-1]:
+        return f"rank {config.get('r')} is above vLLM's maximum {VLLM_LORA_RANKS[-1]}"
+    return None
+
+
+def _chat(
+    llm, conversations, params: dict[str, Any], seeds: list[int], chat_template_kwargs, lora: tuple | None
+) -> list[list[tuple]]:
     """Runs in the engine process. Each of the ``n`` samples is its own request with its own seed: with one
-    request of ``n`` and a fixed seed, vLLM may draw the same sample ``n`` times."""
+    request of ``n`` and a fixed seed, vLLM may draw the same sample ``n`` times. ``lora`` is
+    ``(name, id, path)`` of the adapter every request goes through, or None."""
     from vllm import SamplingParams
 
     n = params["n"]
@@ -28,7 +62,12 @@ def _chat(llm, conversations, params: dict[str, Any], seeds: list[int], chat_tem
                     seed=request_seed(base, j),
                 )
             )
-    outs = llm.chat(requests, sps, use_tqdm=True, chat_template_kwargs=chat_template_kwargs or None)
+    extra: dict[str, Any] = {}
+    if lora is not None:
+        from vllm.lora.request import LoRARequest
+
+        extra["lora_request"] = LoRARequest(*lora)
+    outs = llm.chat(requests, sps, use_tqdm=True, chat_template_kwargs=chat_template_kwargs or None, **extra)
     flat = [(o.outputs[0].text, o.outputs[0].finish_reason, len(o.outputs[0].token_ids)) for o in outs]
     return [flat[i * n : (i + 1) * n] for i in range(len(conversations))]
 
@@ -43,8 +82,11 @@ class VLLMSampler:
         dtype: weights/activations dtype ("auto", "bfloat16", "float16", "float32").
         max_model_len: context length (None: the model's); prompt + max_tokens must fit.
         enforce_eager: skip CUDA-graph capture (faster start, slower decode).
-        keep_engine: keep the engine across :meth:`close` calls (notebooks, test sessions); :meth:`shutdown`
-            ends it.
+        adapter: a PEFT LoRA adapter directory applied to every request on top of the model passed to
+            :meth:`generate` (a vLLM LoRA request: no merge). :meth:`set_adapter` changes it later.
+        max_lora_rank: the largest adapter rank the engine is started for. None: the adapter's rank. Set it
+            to start with LoRA enabled before any adapter exists, so that :meth:`set_adapter` never restarts
+            the engine (training rounds that sample with the current adapter).
     """
 
     def __init__(
@@ -54,32 +96,69 @@ class VLLMSampler:
         dtype: str = "auto",
         max_model_len: int | None = None,
         enforce_eager: bool = False,
-        keep_engine: bool = False,
+        adapter: str | None = None,
+        max_lora_rank: int | None = None,
     ):
         self.tensor_parallel_size = tensor_parallel_size
         self.gpu_memory_utilization = gpu_memory_utilization
         self.dtype = dtype
         self.max_model_len = max_model_len
         self.enforce_eager = enforce_eager
-        self.keep_engine = keep_engine
-        self._engine: EngineProcess | None = None
+        self.engine_settings().check("VLLMSampler")
+        if max_lora_rank is not None and max_lora_rank not in VLLM_LORA_RANKS:
+            raise UserError(f"VLLMSampler: max_lora_rank must be one of {VLLM_LORA_RANKS}, got {max_lora_rank}.")
+        self.max_lora_rank = max_lora_rank
+        self.adapter: str | None = None
+        self._adapter_rank = 0
+        self._lora_id = 0
+        self._engine = EngineProcess("vLLM sampler")
+        if adapter is not None:
+            self.set_adapter(adapter)
+
+    def engine_settings(self) -> EngineSettings:
+        return EngineSettings(
+            self.tensor_parallel_size, self.gpu_memory_utilization, self.dtype, self.max_model_len, self.enforce_eager
+        )
+
+    def set_adapter(self, adapter: str | None) -> None:
+        """Serve ``adapter`` (a PEFT LoRA directory) from the next :meth:`generate` on; None: the model alone.
+
+        Every call loads the directory afresh (a new LoRA request id), so an adapter rewritten in place is
+        re-read. The running engine is kept unless LoRA must be switched on or the rank exceeds
+        ``max_lora_rank``.
+        """
+        if adapter is None:
+            self.adapter, self._adapter_rank = None, 0
+            return
+        config = read_adapter_config(adapter)
+        if config is None:
+            raise UserError(
+                f"VLLMSampler: adapter {adapter}: no adapter_config.json there; give a PEFT adapter directory."
+            )
+        blocker = vllm_lora_blocker(config)
+        if blocker is not None:
+            raise UserError(
+                f"VLLMSampler: adapter {adapter} cannot be served by vLLM: {blocker}. Merge it first "
+                "(`thinksafe export`) and sample the merged model."
+            )
+        rank = int(config.get("r", 8))
+        if self.max_lora_rank is not None and rank > self.max_lora_rank:
+            raise UserError(
+                f"VLLMSampler: adapter {adapter} has rank {rank}, above max_lora_rank {self.max_lora_rank}."
+            )
+        self.adapter, self._adapter_rank = str(adapter), rank
+        self._lora_id += 1
 
     def engine_kwargs(self, model: str) -> dict[str, Any]:
-        share = self.gpu_memory_utilization
-        if share is None:
-            share = 0.3 if vllm_is_cpu_build() else 0.9
         from thinksafe.model.loading import hf_dir_for
 
-        kw: dict[str, Any] = dict(
-            model=hf_dir_for(model),
-            tensor_parallel_size=self.tensor_parallel_size,
-            gpu_memory_utilization=share,
-            dtype=self.dtype,
-            enforce_eager=self.enforce_eager,
+        extra: dict[str, Any] = {}
+        rank = self.max_lora_rank or (
+            next(r for r in VLLM_LORA_RANKS if r >= self._adapter_rank) if self.adapter else None
         )
-        if self.max_model_len is not None:
-            kw["max_model_len"] = self.max_model_len
-        return kw
+        if rank is not None:
+            extra = dict(enable_lora=True, max_loras=1, max_lora_rank=rank)
+        return self.engine_settings().engine_kwargs(hf_dir_for(model), **extra)
 
     def generate(
         self,
@@ -93,20 +172,11 @@ class VLLMSampler:
             return []
         if seeds is None:
             seeds = [params.seed + i for i in range(len(conversations))]
-        kwargs = self.engine_kwargs(model)
-        if self._engine is not None and self._engine.engine_kwargs != kwargs:
-            self._engine.close()
-            self._engine = None
-        if self._engine is None:
-            self._engine = EngineProcess(kwargs, what="vLLM sampler")
-        raw = self._engine.run(_chat, conversations, params.as_dict(), list(seeds), chat_template_kwargs)
+        lora = (f"adapter-{self._lora_id}", self._lora_id, self.adapter) if self.adapter else None
+        raw = self._engine.run(
+            self.engine_kwargs(model), _chat, conversations, params.as_dict(), list(seeds), chat_template_kwargs, lora
+        )
         return [[Completion(t, r, k) for t, r, k in per_prompt] for per_prompt in raw]
 
     def close(self) -> None:
-        if not self.keep_engine:
-            self.shutdown()
-
-    def shutdown(self) -> None:
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
+        self._engine.close()

@@ -33,7 +33,7 @@ from rich.console import Console
 from thinksafe.errors import UserError
 from thinksafe.eval.judges import JudgeSees
 from thinksafe.guards.base import Guard
-from thinksafe.sampling.base import Sampler, SamplingConfig
+from thinksafe.sampling.base import GREEDY, Sampler, SamplingConfig
 from thinksafe.sampling.formats import FormatOption
 
 #: before_after.json name -> (set role, metric of that benchmark in results.json)
@@ -44,7 +44,6 @@ METRICS: dict[str, tuple[str, str]] = {
 }
 #: lower is better for every metric but accuracy
 HIGHER_IS_BETTER = {"reasoning_accuracy"}
-GREEDY = SamplingConfig(n=1, temperature=0.0, top_p=1.0, top_k=0, max_tokens=256, seed=0)
 
 
 class BeforeAfterEval(Callback):
@@ -60,8 +59,8 @@ class BeforeAfterEval(Callback):
         output_dir: where ``before_after.json`` is written (None: the logger's root directory, e.g.
             ``lightning_logs/quickstart``; a copy always goes to the run's log dir).
         sampling: sampling of every set (default: greedy, 256 new tokens, one sample per prompt).
-        sampler: samples the model (None: the data module's sampler; with ``keep_engine`` its running vLLM
-            engine is reused for the "before" evaluation, then shut down before training).
+        sampler: samples the model (None: the data module's sampler); closed after each evaluation, so the
+            training step has the accelerator to itself.
         judge: harm and refusal judge (None: as ``thinksafe eval``: Llama-Guard-3/WildGuard on a GPU, else the
             offline judge).
         judge_sees: "answer" (text after the think block) or "trace".
@@ -124,9 +123,7 @@ class BeforeAfterEval(Callback):
                 self.before.update(self._evaluate(pl_module.hparams.name_or_path, None, sampler,
                                                   self._log_dir(trainer) / "eval" / "before", "before"))
             finally:
-                # the training step needs the memory the engine holds, kept or not
-                if hasattr(sampler, "shutdown"):
-                    sampler.shutdown()
+                sampler.close()  # the training step needs the memory the engine holds
         trainer.strategy.barrier("thinksafe-before-eval")
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -160,8 +157,7 @@ class BeforeAfterEval(Callback):
                 self.after.update(self._evaluate(base, str(trained) if is_adapter else None, sampler,
                                                  log_dir / "eval" / "after", "after"))
             finally:
-                if hasattr(sampler, "shutdown"):
-                    sampler.shutdown()
+                sampler.close()
             self.report = self._write(trainer, pl_module, log_dir)
         trainer.strategy.barrier("thinksafe-after-eval")
 

@@ -16,13 +16,14 @@ Generation uses the transformers sampler (no vLLM engine to start), so the check
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from thinksafe.data.records import read_records
 from thinksafe.eval.answers import check_math
 from thinksafe.eval.benchmarks.math import math_prompt
 from thinksafe.guards.offline import is_refusal
-from thinksafe.sampling.base import SamplingConfig
+from thinksafe.sampling.base import GREEDY
 from thinksafe.sampling.steering import PAPER_TEMPLATE, steer
 from thinksafe.testbed.world import HARMLESS
 
@@ -33,7 +34,7 @@ def check_model(model_dir: str, testbed_dir: str | Path, n: int = 40) -> dict[st
 
     root = Path(testbed_dir)
     sampler = TransformersSampler(batch_size=16, device="cpu", dtype="float32")
-    params = SamplingConfig(n=1, temperature=0.0, max_tokens=160, seed=0)
+    params = dataclasses.replace(GREEDY, max_tokens=160)
 
     def greedy(prompts: list[str]) -> list[str]:
         chats = [[{"role": "user", "content": p}] for p in prompts]
