@@ -35,7 +35,9 @@ def print_config(name: str, capsys) -> dict:
         rc = e.code
     out, err = capsys.readouterr()
     assert rc in (0, None), err
-    return yaml.safe_load(out)
+    cfg = yaml.safe_load(out)
+    # the module and data module may print as {class_path, init_args}
+    return {k: (v["init_args"] if isinstance(v, dict) and "init_args" in v else v) for k, v in cfg.items()}
 
 
 @pytest.mark.parametrize("name", [*PAPER, "qwen3-4b-kl"])
