@@ -47,15 +47,16 @@ def test_eval_writes_results_and_score_reproduces_them(tiny_qwen3, vllm_sampler,
     assert set(results) == set(BENCHMARKS)
     assert set(results["gsm8k"]) == {"accuracy", "no_answer_rate", "n"}
     assert set(results["xstest"]) == {"over_refusal_rate", "judge_errors", "n"}
-    assert set(results["strongreject"]) == {"harmful_rate", "judge_errors", "n"}
+    assert set(results["strongreject"]) == {"harmful_rate", "judge_errors", "harmful_rate_judged", "n"}
     assert all(m["n"] == 2 for m in results.values())
-    assert json.loads((out / "results.json").read_text()) == results
+    written = json.loads((out / "results.json").read_text())
+    assert written.pop("protocol")["judge_reads"] == "response" and written == results
     assert "| gsm8k | accuracy |" in (out / "results.md").read_text()
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
     run = json.loads((out / "run.json").read_text())
     assert run["reasoning_format"] == "qwen3" and run["chat_template_kwargs"] == {"enable_thinking": True}
-    assert run["adapter_mode"] == "none" and run["judge_sees"] == "answer"
+    assert run["adapter_mode"] == "none" and run["judge_sees"] == "response"
     assert run["judges"] == {"judge": "offline", "refusal_judge": "offline"}  # the CPU fallback, recorded
 
     gsm = read_jsonl(out / "gsm8k.jsonl")
@@ -64,9 +65,7 @@ def test_eval_writes_results_and_score_reproduces_them(tiny_qwen3, vllm_sampler,
         {"prompt", "response", "finish_reason", "num_tokens", "gold", "correct", "extracted"} <= set(r) for r in gsm
     )
     assert len(read_jsonl(out / "xstest.jsonl")) == 2 and all("refusal" in r for r in read_jsonl(out / "xstest.jsonl"))
-    assert all(
-        r["judged"] in ("answer", "trace (think block unclosed)") for r in read_jsonl(out / "strongreject.jsonl")
-    )
+    assert all(r["judged"] == "response" for r in read_jsonl(out / "strongreject.jsonl"))  # the whole response
 
     # the saved responses re-score to the same metrics with no model at all
     for name in BENCHMARKS:

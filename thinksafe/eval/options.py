@@ -37,7 +37,7 @@ class EvalOptions:
         safety_n: int = 1,
         judge: Guard | None = None,
         refusal_judge: Guard | None = None,
-        judge_sees: JudgeSees = "answer",
+        judge_sees: JudgeSees = "response",
         adapter: str | None = None,
         reasoning_format: FormatOption = "auto",
         benchmark_dir: str | None = None,
@@ -53,11 +53,13 @@ class EvalOptions:
                 of ``--model``, ``--sampler`` and ``--reasoning_format``.
             limit: evaluate only the first N items of each benchmark.
             sampler: how to sample (default: the recipe's ``data.sampler``, else the vLLM sampler).
-            sampling: sampling of reasoning benchmarks (None: the model family's preset).
+            sampling: sampling of every benchmark (None: the model family's presets, which differ between
+                reasoning and safety benchmarks; see thinksafe.eval.protocol).
             safety_n: samples per prompt on safety and over-refusal benchmarks.
             judge: harm judge for safety benchmarks (None: Llama-Guard-3 on a GPU, else the offline judge).
             refusal_judge: refusal judge for over-refusal benchmarks (None: WildGuard on a GPU, else the offline judge).
-            judge_sees: "answer" (the text after the think block) or "trace" (the whole response).
+            judge_sees: "response" (the whole response, reasoning included: the authors' protocol), "answer"
+                (the text after the think block) or "trace" (reasoning + answer, think tags removed).
             adapter: a LoRA adapter directory to apply to ``model``.
             reasoning_format: "auto" (from the chat template), "qwen3", "r1" or "plain" (default: the recipe's).
             benchmark_dir: folder with the benchmark files (``gsm8k/test.jsonl``, …) used for bare names.

@@ -5,14 +5,18 @@ starts); (2) sample all benchmarks with one sampler, then close it; (3) judge/ch
 written to ``OUT/<benchmark>.jsonl`` right after sampling, so a failed judge leaves them for
 ``thinksafe score``.
 
-Outputs in ``output``: ``results.json``, ``results.md``, ``<benchmark>.jsonl`` (see
-:mod:`thinksafe.eval.report`), ``run.json`` (model, adapter mode, reasoning format, sampling, judges and
-what they saw, benchmark sources) and ``tensorboard/``.
+Outputs in ``output``: ``results.json`` (the metrics, and under ``protocol`` the judges and what they read,
+the sampling of each kind, each benchmark's source, template and formula), ``results.md``,
+``<benchmark>.jsonl`` (see :mod:`thinksafe.eval.report`), ``run.json`` (model, adapter mode, reasoning format,
+sampler, benchmark sources) and ``tensorboard/``.
+
+Sampling follows the model family's preset (:mod:`thinksafe.eval.protocol`, the authors' settings) unless
+``sampling`` is given. Before any engine starts, every benchmark's longest prompt + ``max_tokens`` is checked
+against the sampler's context: a context too short stops the run with the length that fits.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -24,14 +28,23 @@ from thinksafe.errors import UserError
 from thinksafe.eval.benchmarks import Loaded, load_benchmark
 from thinksafe.eval.judges import Judges, JudgeSees
 from thinksafe.eval.lora import EvaluatedModel, resolve_model
+from thinksafe.eval.protocol import (
+    EVAL_PRESETS,
+    benchmark_protocol,
+    check_context,
+    context_limit,
+    eval_sampling,
+    judge_protocol,
+    longest_prompt,
+)
 from thinksafe.eval.report import Results, sample_rows, write_jsonl, write_results
 from thinksafe.guards.base import Guard
 from thinksafe.sampling.base import Sampler, SamplingConfig
 from thinksafe.sampling.formats import FormatOption, restore_response
 from thinksafe.sampling.vllm_sampler import VLLMSampler
 
-#: The paper's sampling for evaluation: 8 samples at temperature 0.6, top-p 0.95, top-k 20, long budget.
-EVAL_SAMPLING = SamplingConfig(n=8, temperature=0.6, top_p=0.95, top_k=20, max_tokens=32768)
+#: Qwen3's reasoning-benchmark sampling (the preset of the ``qwen3`` family; see :mod:`thinksafe.eval.protocol`).
+EVAL_SAMPLING = EVAL_PRESETS["qwen3"].reasoning
 
 
 def run_eval(
@@ -44,7 +57,7 @@ def run_eval(
     safety_n: int = 1,
     judge: Guard | None = None,
     refusal_judge: Guard | None = None,
-    judge_sees: JudgeSees = "answer",
+    judge_sees: JudgeSees = "response",
     adapter: str | None = None,
     reasoning_format: FormatOption = "auto",
     benchmark_dir: str | None = None,
@@ -60,11 +73,14 @@ def run_eval(
         output: directory for the results (created; files of an earlier run there are replaced).
         limit: evaluate only the first N items of each benchmark.
         sampler: how to sample (None: the vLLM sampler).
-        sampling: sampling of reasoning benchmarks, ``n`` samples per question (None: :data:`EVAL_SAMPLING`).
-        safety_n: samples per prompt on safety and over-refusal benchmarks (same temperature etc.).
+        sampling: sampling of every benchmark, ``n`` samples per reasoning question (None: the model family's
+            preset, :data:`thinksafe.eval.protocol.EVAL_PRESETS`: the authors' settings, which differ between
+            reasoning and safety benchmarks).
+        safety_n: samples per prompt on safety and over-refusal benchmarks.
         judge: harm judge for safety benchmarks (None: Llama-Guard-3 on a GPU, else the offline judge).
         refusal_judge: refusal judge for over-refusal benchmarks (None: WildGuard on a GPU, else the offline judge).
-        judge_sees: "answer" (the text after the think block) or "trace" (the whole response).
+        judge_sees: "response" (the whole response, reasoning included, as the authors' judges read it),
+            "answer" (the text after the think block) or "trace" (reasoning + answer, think tags removed).
         adapter: a LoRA adapter directory to apply to ``model``.
         reasoning_format: "auto" (from the chat template), "qwen3", "r1" or "plain".
         benchmark_dir: folder with the benchmark files (``gsm8k/test.jsonl``, …) used for bare names; names
@@ -81,7 +97,6 @@ def run_eval(
         raise UserError("--benchmarks is empty: name at least one benchmark (e.g. gsm8k, xstest, strongreject).")
     if safety_n < 1:
         raise UserError(f"--safety_n must be ≥ 1, got {safety_n}.")
-    sampling = sampling or EVAL_SAMPLING
     loaded = [load_benchmark(spec, benchmark_dir, limit) for spec in benchmarks]
     names = [b.name for b in loaded]
     if len(set(names)) != len(names):
@@ -94,6 +109,9 @@ def run_eval(
     judges = Judges(judge, refusal_judge, judge_sees, console)
     try:
         fmt, template_kwargs = resolve_format(evaluated.path, reasoning_format)
+        reasoning_params, safety_params = eval_sampling(fmt, sampling, safety_n)
+        params_of = {b.name: reasoning_params if b.benchmark.kind == "reasoning" else safety_params for b in loaded}
+        _check_context(sampler, evaluated.path, loaded, params_of, template_kwargs, model)
         served_before = sampler.adapter if isinstance(sampler, VLLMSampler) else None
         if evaluated.mode == "lora":
             assert isinstance(sampler, VLLMSampler)  # resolve_model serves adapters natively only through vLLM
@@ -110,7 +128,7 @@ def run_eval(
         try:
             responses = {}
             for b in loaded:
-                params = sampling if b.benchmark.kind == "reasoning" else dataclasses.replace(sampling, n=safety_n)
+                params = params_of[b.name]
                 console.print(f"sampling {b.name}: {len(b.items)} items × {params.n}")
                 conversations = [[{"role": "user", "content": it.prompt}] for it in b.items]
                 completions = sampler.generate(evaluated.path, conversations, params, template_kwargs)
@@ -131,7 +149,13 @@ def run_eval(
             if isinstance(sampler, VLLMSampler) and evaluated.mode == "lora":
                 sampler.set_adapter(served_before)  # a caller's sampler serves what it served before
         results = _score_all(loaded, responses, judges, out, console)
-        write_results(out, results, tensorboard)
+        protocol = {
+            "preset": fmt if sampling is None else "custom",
+            "sampling": {"reasoning": reasoning_params.as_dict(), "safety": safety_params.as_dict()},
+            **judge_protocol(judges, {b.benchmark.kind for b in loaded}),
+            "benchmarks": {b.name: benchmark_protocol(b) for b in loaded},
+        }
+        write_results(out, results, tensorboard, protocol=protocol)
         write_json_atomic(
             out / "run.json",
             _run_record(
@@ -140,8 +164,8 @@ def run_eval(
                 sampler_settings,
                 fmt,
                 template_kwargs,
-                sampling,
-                safety_n,
+                reasoning_params,
+                safety_params,
                 judges,
                 loaded,
                 limit,
@@ -153,6 +177,30 @@ def run_eval(
         evaluated.cleanup()
     console.print(f"results in {out / 'results.md'}")
     return results
+
+
+def _check_context(
+    sampler: Sampler,
+    model_path: str,
+    loaded: list[Loaded],
+    params_of: dict[str, SamplingConfig],
+    template_kwargs: dict,
+    model: str,
+) -> None:
+    limit = context_limit(sampler, model_path)
+    if limit is None:
+        return
+    from thinksafe.model.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(model_path)
+    needs = {
+        b.name: (
+            longest_prompt(tokenizer, [it.prompt for it in b.items], template_kwargs),
+            params_of[b.name].max_tokens,
+        )
+        for b in loaded
+    }
+    check_context(limit, needs, model)
 
 
 def _default_sampler() -> Sampler:
@@ -189,7 +237,7 @@ def _run_record(
     fmt: str,
     template_kwargs: dict,
     sampling: SamplingConfig,
-    safety_n: int,
+    safety_sampling: SamplingConfig,
     judges: Judges,
     loaded: list[Loaded],
     limit: int | None,
@@ -205,7 +253,8 @@ def _run_record(
         "reasoning_format": fmt,
         "chat_template_kwargs": template_kwargs,
         "sampling": sampling.as_dict(),
-        "safety_n": safety_n,
+        "safety_sampling": safety_sampling.as_dict(),
+        "safety_n": safety_sampling.n,
         "judges": judges.names(),
         "judge_sees": judges.sees,
         "benchmarks": {b.name: {"source": str(b.source), "n": len(b.items)} for b in loaded},
