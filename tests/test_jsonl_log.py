@@ -8,8 +8,9 @@ import subprocess
 
 import pytest
 
-from thinksafe.data.jsonl_log import JsonlLog, atomic_directory, write_json_atomic
+from thinksafe.data.jsonl_log import JsonlLog
 from thinksafe.errors import UserError
+from thinksafe.files import atomic_directory, write_json_atomic
 
 
 def test_recover_drops_torn_line_and_partial_group(tmp_path):

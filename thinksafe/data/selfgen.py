@@ -25,9 +25,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from thinksafe.data.jsonl_log import JsonlLog, disk_errors, read_jsonl, write_json_atomic
+from thinksafe.data.jsonl_log import JsonlLog, read_jsonl
 from thinksafe.data.prompts import PromptRow
 from thinksafe.errors import UserError
+from thinksafe.files import disk_errors, write_json_atomic
 from thinksafe.guards.base import Guard
 from thinksafe.rows import LABELS, TextRow, is_harmful
 from thinksafe.sampling.base import Sampler, SamplingConfig

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from thinksafe.data.jsonl_log import write_json_atomic
 from thinksafe.eval.benchmarks import Item, Scored
+from thinksafe.files import write_json_atomic
 
 Results = dict[str, dict[str, Any]]
 

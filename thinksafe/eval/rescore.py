@@ -16,13 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from thinksafe.data.jsonl_log import write_json_atomic
 from thinksafe.data.records import Record, read_records
 from thinksafe.errors import UserError
 from thinksafe.eval.benchmarks import Item, load_benchmark
 from thinksafe.eval.judges import Judges, JudgeSees
 from thinksafe.eval.protocol import benchmark_protocol, judge_protocol
 from thinksafe.eval.report import write_jsonl
+from thinksafe.files import write_json_atomic
 from thinksafe.guards.base import Guard
 
 

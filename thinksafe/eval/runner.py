@@ -23,7 +23,6 @@ from typing import Any
 
 from rich.console import Console
 
-from thinksafe.data.jsonl_log import write_json_atomic
 from thinksafe.errors import UserError
 from thinksafe.eval.benchmarks import Loaded, load_benchmark
 from thinksafe.eval.judges import Judges, JudgeSees
@@ -38,6 +37,7 @@ from thinksafe.eval.protocol import (
     longest_prompt,
 )
 from thinksafe.eval.report import Results, sample_rows, write_jsonl, write_results
+from thinksafe.files import write_json_atomic
 from thinksafe.guards.base import Guard
 from thinksafe.sampling.base import Sampler, SamplingConfig
 from thinksafe.sampling.formats import FormatOption, restore_response

@@ -269,7 +269,7 @@ def report(score: InDistributionScore, trainer: Trainer, step: int = 0, prefix: 
 
     from rich.console import Console
 
-    from thinksafe.data.jsonl_log import write_json_atomic
+    from thinksafe.files import write_json_atomic
 
     for logger in trainer.loggers:
         logger.log_metrics(score.metrics(prefix), step=step)
@@ -288,8 +288,8 @@ def report_generated(datamodule, limit: int | None = 256, batch_size: int = 4, c
 
     from rich.console import Console
 
-    from thinksafe.data.jsonl_log import write_json_atomic
     from thinksafe.data.selfgen import kept_rows
+    from thinksafe.files import write_json_atomic
 
     console = console or Console(stderr=True)
     out = Path(datamodule.output_dir)

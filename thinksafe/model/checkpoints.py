@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from thinksafe.data.jsonl_log import disk_errors, fsync_dir, fsync_tree
 from thinksafe.errors import UserError
+from thinksafe.files import disk_errors, fsync_dir, fsync_tree
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

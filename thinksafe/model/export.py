@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from thinksafe.data.jsonl_log import atomic_directory
 from thinksafe.errors import UserError
+from thinksafe.files import atomic_directory
 from thinksafe.model.loading import load_causal_lm, load_tokenizer, resolve_dtype
 
 

@@ -27,9 +27,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thinksafe.data.jsonl_log import write_bytes_atomic, write_json_atomic
 from thinksafe.errors import UserError
-from thinksafe.testbed.corpus import CorpusSizes, SetSizes, heldout_sets, pretraining_rows, selfgen_prompts, teacher_rows
+from thinksafe.files import write_bytes_atomic, write_json_atomic
+from thinksafe.testbed.corpus import (
+    CorpusSizes,
+    SetSizes,
+    heldout_sets,
+    pretraining_rows,
+    selfgen_prompts,
+    teacher_rows,
+)
 from thinksafe.testbed.pretrain import ModelShape, PretrainConfig
 
 #: Bumped when the build procedure changes in a way the settings and data do not show.
