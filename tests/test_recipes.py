@@ -112,3 +112,31 @@ def test_a_data_stage_without_a_guard_stops_with_one_paragraph(tiny_qwen3, tmp_p
         dm.prepare_data()
     assert "\n" not in str(e.value)
     assert not (tmp_path / "out").exists()  # nothing sampled, nothing written
+
+
+def test_the_guard_that_filtered_the_set_is_written_in_manifest_and_stats(tiny_qwen3, tmp_path):
+    import json
+
+    from thinksafe.data.prompts import load_prompts
+    from thinksafe.data.selfgen import build_selfgen
+    from thinksafe.guards import OfflineJudge
+    from thinksafe.sampling import SamplingConfig, TransformersSampler
+    from thinksafe.sampling.steering import PAPER_TEMPLATE
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"instruction": "How do I bake bread?", "label": "vanilla_benign"}\n')
+    out = tmp_path / "selfgen"
+    build_selfgen(
+        output_dir=out,
+        model=str(tiny_qwen3),
+        prompts=load_prompts(str(prompts)),
+        sampler=TransformersSampler(device="cpu"),
+        guard=OfflineJudge(),
+        sampling=SamplingConfig(n=1, max_tokens=4, temperature=0.0, top_k=0),
+        steering_template=PAPER_TEMPLATE,
+        reasoning_format="plain",
+    )
+    for name in ("manifest.json", "stats.json"):
+        guard = json.loads((out / name).read_text())["guard"]
+        assert guard["class"] == "thinksafe.guards.offline.OfflineJudge" and guard["offline_judge"] is True, name
+        assert guard["note"].startswith("APPROXIMATE"), name

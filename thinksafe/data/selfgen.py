@@ -74,6 +74,21 @@ def component_settings(obj: Any) -> dict[str, Any]:
     return out
 
 
+def guard_record(guard: Guard) -> dict[str, Any]:
+    """Which guard filtered the set, said plainly in manifest.json and stats.json: the offline judge is an
+    approximate phrase-list judge for tests and the testbed, never the paper's model judge."""
+    from thinksafe.guards.offline import OfflineJudge
+
+    offline = isinstance(guard, OfflineJudge)
+    return {
+        "class": f"{type(guard).__module__}.{type(guard).__qualname__}",
+        "name": getattr(guard, "name", type(guard).__name__),
+        "offline_judge": offline,
+        "note": ("APPROXIMATE: the offline phrase-list judge (named in the recipe), not a model guard"
+                 if offline else "model guard named in the recipe"),
+    }
+
+
 def fingerprint(settings: dict[str, Any], prompts: list[PromptRow]) -> str:
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for p in prompts:
@@ -176,7 +191,8 @@ def build_selfgen(
     if wrote_manifest:
         write_json_atomic(
             out / "manifest.json",
-            dict(fingerprint=fp, settings=settings, sampler=component_settings(sampler), recipe=recipe,
+            dict(fingerprint=fp, settings=settings, guard=guard_record(guard), sampler=component_settings(sampler),
+                 recipe=recipe,
                  versions=_versions(), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), python=sys.version.split()[0]),
         )
     n = sampling.n
@@ -201,6 +217,7 @@ def build_selfgen(
         guard.close()
     stats = compute_stats(samples, prompts, n)
     stats["seconds"] = round(time.time() - t0, 1)
+    stats["guard"] = guard_record(guard)
     write_json_atomic(out / "stats.json", stats)
     print_stats(stats, console)
     return SelfGenResult(out, stats, resumed=resumed, reused=False)
