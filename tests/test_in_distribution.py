@@ -15,7 +15,6 @@ from thinksafe.metrics.in_distribution import (
     InDistributionScore,
     response_nll,
     score_responses,
-    source_name,
     subsample,
 )
 from thinksafe.model.loading import load_causal_lm, load_tokenizer
@@ -122,10 +121,7 @@ def test_summaries_and_metric_names():
     assert InDistributionScore([]).overall is None
 
 
-def test_source_names_and_subsampling():
-    assert source_name("data/x.jsonl:12") == "data/x.jsonl"
-    assert source_name("UWNSL/SafeChain[train]:7") == "UWNSL/SafeChain"
-    assert source_name("self-generated") == "self-generated"
+def test_subsampling_draws_per_source_and_label():
     rows = [TextRow(f"p{i}", f"r{i}", "vanilla_benign" if i % 3 else "vanilla_harmful", "s") for i in range(30)]
     kept = subsample(rows, 4, seed=1)
     assert sum(r.label == "vanilla_harmful" for r in kept) == 4 and len(kept) == 8

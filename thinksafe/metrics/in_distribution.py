@@ -15,7 +15,6 @@ Means are token-weighted within a group (source, label); ``overall`` weights eve
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -26,13 +25,6 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from thinksafe.model.kl import shift_labels, token_cross_entropy
 from thinksafe.rows import IGNORE_INDEX, ChatEncoder, EncodedRow, TextRow, collate
 from thinksafe.sampling.formats import resolve_format
-
-_LINE_SUFFIX = re.compile(r"(?::\d+|\[[^\]]*\](?::\d+)?)$")
-
-
-def source_name(where: str) -> str:
-    """The data source of a row's ``where`` (``file:line`` → ``file``, ``hub-id[split]:n`` → ``hub-id``)."""
-    return _LINE_SUFFIX.sub("", where) or where
 
 
 @dataclass(frozen=True)
