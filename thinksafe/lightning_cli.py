@@ -68,6 +68,7 @@ class ThinkSafeCLI(LightningCLI):
         parser.set_defaults({"model": {"class_path": DEFAULT_MODULE}})
         # the data side samples from the model being trained
         parser.link_arguments("model.init_args.name_or_path", "data.model_name_or_path")
+        _paths_are_never_contents(parser)
 
     def before_fit(self) -> None:
         from thinksafe.metrics.in_distribution import InDistributionLogger
@@ -76,11 +77,25 @@ class ThinkSafeCLI(LightningCLI):
         if ckpt and ckpt not in ("last", "best", "hpc") and "://" not in ckpt and not ckpt.startswith("registry"):
             if not Path(ckpt).is_file():
                 raise UserError(f"--ckpt_path: {ckpt} is not a file; give a checkpoint (.ckpt) that exists, or 'last'.")
+        if ckpt == "last":
+            from thinksafe.model.checkpoints import require_last_checkpoint
+
+            require_last_checkpoint(self.trainer)
         self.datamodule.recipe = plain(self.config.fit)
         # the training set's in-distribution score under the initial model, logged when fit starts
         rows = self.datamodule.in_distribution_rows
         if rows != 0 and not any(isinstance(c, InDistributionLogger) for c in self.trainer.callbacks):
             self.trainer.callbacks.append(InDistributionLogger(limit=rows))
+
+
+def _paths_are_never_contents(parser) -> None:
+    """``--data.prompts=FILE`` is a file name, never the file's content. jsonargparse reads a value naming an
+    existing file as a sub-config when the option's type holds a dataclass (PromptSource): a CSV or an empty
+    .jsonl then became the text or null, and the error no longer named the file. Switched off for these options
+    (jsonargparse 4.53 has no public switch per option)."""
+    for action in parser._actions:
+        if action.dest in ("data.prompts", "data.responses") and hasattr(action, "_enable_path"):
+            action._enable_path = False
 
 
 class _RecipeReader(ThinkSafeCLI):
