@@ -48,7 +48,7 @@ def test_damage_in_the_middle_cuts_the_file_there(tmp_path):
     assert [(r["g"], r["i"]) for r in rows] == [(0, 0), (0, 1)]
     # the file was cut at the bad line: resumed rows append after group 0, nothing piles up behind the damage
     log.append([{"g": g, "i": i} for g in (1, 2, 3) for i in (0, 1)])
-    again = [json.loads(l) for l in log.path.read_text().splitlines()]
+    again = [json.loads(line) for line in log.path.read_text().splitlines()]
     assert [(r["g"], r["i"]) for r in again] == [(g, i) for g in range(4) for i in (0, 1)]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from thinksafe.eval.benchmarks import Item, Scored
-from thinksafe.files import write_json_atomic
+from thinksafe.files import write_json_atomic, write_text_atomic
 
 Results = dict[str, dict[str, Any]]
 
@@ -36,12 +36,7 @@ def sample_rows(items: list[Item], responses: list[list[dict]], scored: Scored |
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:
     import json
 
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def _fmt(value: Any) -> str:
@@ -67,7 +62,7 @@ def write_results(
     out = Path(out)
     write_json_atomic(out / "results.json", {**results, "protocol": protocol} if protocol is not None else results)
     table = markdown_table(results)
-    (out / "results.md").write_text(table, encoding="utf-8")
+    write_text_atomic(out / "results.md", table)
     if tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 

@@ -379,9 +379,12 @@ class ThinkSafeModule(LightningModule):
         directory = Path(directory)
         state = self.trained_state_dict()
         if self._trainer is None or self.trainer.is_global_zero:
-            directory.mkdir(parents=True, exist_ok=True)
-            self.model.save_pretrained(directory, state_dict=state)
-            self.tokenizer.save_pretrained(directory)
+            from thinksafe.files import atomic_directory
+
+            # written whole under a temporary name, then renamed: a kill mid-save leaves the old adapter or none
+            with atomic_directory(directory, replace=True) as tmp:
+                self.model.save_pretrained(tmp, state_dict=state)
+                self.tokenizer.save_pretrained(tmp)
         if self._trainer is not None:
             self.trainer.strategy.barrier("thinksafe-save-adapter")
         return directory

@@ -32,6 +32,7 @@ from rich.console import Console
 
 from thinksafe.errors import UserError
 from thinksafe.eval.judges import JudgeSees
+from thinksafe.files import write_text_atomic
 from thinksafe.guards.base import Guard
 from thinksafe.sampling.base import GREEDY, Sampler, SamplingConfig
 from thinksafe.sampling.formats import FormatOption
@@ -223,7 +224,7 @@ class BeforeAfterEval(Callback):
         text = json.dumps(report, indent=2)
         for directory in dict.fromkeys((self._output_dir(trainer), log_dir)):
             directory.mkdir(parents=True, exist_ok=True)
-            (directory / "before_after.json").write_text(text)
+            write_text_atomic(directory / "before_after.json", text)
 
         with SummaryWriter(str(log_dir)) as writer:
             for m in names:
