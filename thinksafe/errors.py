@@ -82,6 +82,8 @@ def unknown_key(message: str) -> str | None:
 
     if m := re.search(r"unrecognized arguments: (\S+)", message):
         return m.group(1).lstrip("-").split("=", 1)[0]
+    if m := re.search(r"Group '([^']+)' does not accept option '([^']+)'", message):
+        return f"{m.group(1)}.{m.group(2)}"
     if m := re.search(r"does not accept option '([^']+)'", message):
         return m.group(1)
     if m := re.search(r"Key '([^']+)' is not expected", message):
@@ -112,6 +114,9 @@ def known_keys(parser, args: list[str], bad: str) -> list[str]:
             skip = "=" not in a
             continue
         kept.append(a)
+    sub = getattr(parser, "_subcommands_action", None)
+    if sub is not None and args and args[0] in sub.choices:  # `fit …`: the keys are the subcommand's
+        parser, kept = sub.choices[args[0]], kept[1:]
     try:
         cfg = parser.parse_args(kept)
     except (ArgumentError, SystemExit):
@@ -126,9 +131,6 @@ def known_keys(parser, args: list[str], bad: str) -> list[str]:
                 walk(v, key + ".")
 
     walk(cfg, "")
-    subcommand = cfg.get("subcommand") if isinstance(cfg, Namespace) else None
-    if subcommand:  # keys under `fit.` are given without it
-        keys += [k[len(subcommand) + 1:] for k in keys if k.startswith(subcommand + ".")]
     keys += [o.lstrip("-") for a in parser._actions for o in a.option_strings if o.startswith("--")]
     return keys
 

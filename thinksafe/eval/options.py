@@ -15,7 +15,7 @@ from jsonargparse import ArgumentParser
 from thinksafe.errors import UserError, parse_args
 from thinksafe.eval.judges import JudgeSees
 from thinksafe.guards.base import Guard
-from thinksafe.lightning_cli import RECIPE_HELP, read_recipe, strict_parser_kwargs
+from thinksafe.lightning_cli import read_recipe, strict_parser_kwargs
 from thinksafe.sampling.base import Sampler, SamplingConfig
 from thinksafe.sampling.formats import FormatOption
 
@@ -89,7 +89,7 @@ def recipe_defaults(recipe: str) -> dict[str, Any]:
     if (name := cfg.model.init_args.get("name_or_path")) is not None:
         defaults["model"] = name
     if cfg.data.get("sampler") is not None:
-        defaults["sampler"] = cfg.data.sampler
+        defaults["sampler"] = cfg.data.sampler.as_dict()
     if cfg.data.get("reasoning_format") is not None:
         defaults["reasoning_format"] = cfg.data.reasoning_format
     return defaults
@@ -98,18 +98,24 @@ def recipe_defaults(recipe: str) -> dict[str, Any]:
 def eval_parser() -> ArgumentParser:
     parser = ArgumentParser(**strict_parser_kwargs(dict(prog=PROG, description=EvalOptions.__doc__)))
     parser.add_class_arguments(EvalOptions, skip={"recipe"})
-    parser.add_argument("--recipe", type=str | None, default=None, help=RECIPE_HELP.split(";")[0] + (
-        "; its model.name_or_path, data.sampler and data.reasoning_format are the defaults of --model, --sampler "
-        "and --reasoning_format"))
+    parser.add_argument("--recipe", type=str | None, default=None, help=(
+        "a training recipe (recipes/*.yaml): its model.name_or_path, data.sampler and data.reasoning_format are "
+        "the defaults of --model, --sampler and --reasoning_format"))
     return parser
 
 
 def parse_eval_options(args: list[str]) -> EvalOptions:
     """``thinksafe eval`` arguments → :class:`EvalOptions` (the recipe's values as defaults)."""
     parser = eval_parser()
-    cfg = parse_args(parser, args, PROG)
-    if cfg.recipe:
-        parser.set_defaults(recipe_defaults(cfg.recipe))
-        cfg = parse_args(parser, args, PROG)
+    # the recipe's values go first, so that flags override them, or parts of them (--sampler.init_args.x); a
+    # parser default would be replaced whole by such a flag, and a flag into a recipe's sampler needs it first
+    recipe = next((b for a, b in zip(args, args[1:]) if a == "--recipe"), None)
+    recipe = next((a.split("=", 1)[1] for a in args if a.startswith("--recipe=")), recipe)
+    first = []
+    if recipe:
+        import json
+
+        first = [f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in recipe_defaults(recipe).items()]
+    cfg = parse_args(parser, first + args, PROG)
     init = parser.instantiate_classes(cfg)
     return EvalOptions(**{k: v for k, v in vars(init).items() if k != "__path__"})
