@@ -274,3 +274,23 @@ def test_a_run_that_fails_before_its_first_row_leaves_the_directory_as_found(tin
     with pytest.raises(Exception, match="(?i)safetensor|header|deserializ|incomplete|invalid"):
         run(out, broken, TransformersSampler(), fmt="plain")
     assert (out.exists() and not any(out.iterdir())) if existed else not out.exists()
+
+
+def test_disk_full_is_one_paragraph_then_the_run_resumes_when_space_is_freed(tiny_qwen3, finished_set, tmp_path):
+    """A real 8 KiB tmpfs fills up while sampled.jsonl is appended: a UserError naming the file (the CLI's exit 2);
+    the file system is then grown (space freed) and the same call finishes, nothing lost or duplicated."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        out = disk / "set"
+        with pytest.raises(UserError, match=r"jsonl: cannot write it: the disk is full.*run the same command again"):
+            run(out, tiny_qwen3, TransformersSampler(batch_size=4), fmt="plain", max_tokens=12, chunk_size=3)
+        assert (out / "manifest.json").is_file() and not (out / "stats.json").exists()
+        subprocess.run(["mount", "-o", "remount,size=1m", str(disk)], check=True)
+        run(out, tiny_qwen3, TransformersSampler(batch_size=4), fmt="plain", max_tokens=12, chunk_size=3)
+        assert read_jsonl(out / "samples.jsonl") == read_jsonl(finished_set / "samples.jsonl")
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -128,7 +128,8 @@ def atomic_directory(path: str | Path, replace: bool = False):
         tmp = temp_path(path)
         tmp.mkdir()
     try:
-        yield tmp
+        with disk_errors(path):  # what the block writes (save_pretrained …) fails the same way
+            yield tmp
         with disk_errors(path):
             fsync_tree(tmp)
             old = None

@@ -181,6 +181,6 @@ def require_last_checkpoint(trainer) -> None:
         where = ", ".join(str(d) for d in dirs) or "(no checkpoint directory is configured)"
         raise UserError(
             f"--ckpt_path last: no last checkpoint in {where}, so there is nothing to resume. Checkpoints are written "
-            "by the recipe's thinksafe.model.checkpoints.ResumableCheckpoint callback (with an explicit dirpath); run "
+            "by the recipe's thinksafe.model.ResumableCheckpoint callback (with an explicit dirpath); run "
             "without --ckpt_path to start over, or give the checkpoint file."
         )
