@@ -294,3 +294,27 @@ def test_disk_full_is_one_paragraph_then_the_run_resumes_when_space_is_freed(tin
         assert read_jsonl(out / "samples.jsonl") == read_jsonl(finished_set / "samples.jsonl")
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.parametrize("kind", ["file", "read-only"])
+def test_an_output_dir_that_is_a_file_or_read_only_is_one_paragraph(tiny_qwen3, tmp_path, kind):
+    if kind == "file":
+        out = tmp_path / "out"
+        out.write_text("mine")
+        match = "is a file"
+    else:
+        disk = tmp_path / "ro"
+        disk.mkdir()
+        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=4k", "tmpfs", str(disk)],
+                                               capture_output=True).returncode != 0:
+            pytest.skip("mounting a read-only tmpfs needs root")
+        out = disk / "out"
+        match = "read-only"
+    try:
+        with pytest.raises(UserError, match=match):
+            run(out, tiny_qwen3, TransformersSampler(), fmt="plain")
+    finally:
+        if kind != "file":
+            subprocess.run(["umount", "-l", str(disk)], check=False)
+    if kind == "file":
+        assert out.read_text() == "mine"

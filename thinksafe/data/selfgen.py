@@ -112,6 +112,8 @@ def _prepare_dir(out: Path, fp: str, overwrite: bool) -> tuple[bool, bool]:
     """Check ``out`` against the fingerprint; returns (finished, resumed). Nothing is deleted unless
     ``overwrite`` was asked for, and then only thinksafe's own files."""
     manifest = out / "manifest.json"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"data.output_dir: {out} is a file; give a directory (new or made by `thinksafe generate`).")
     if not out.exists() or not any(out.iterdir()):
         return False, False
     if not manifest.is_file():
