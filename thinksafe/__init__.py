@@ -20,14 +20,15 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-# public name -> the module that defines it
+# public name -> the module it is imported from (the depth recipes use for class paths)
 _EXPORTS = {
     "SafetyDataModule": "thinksafe.data.datamodule",
     "PromptSource": "thinksafe.data.prompts",
     "ThinkSafeModule": "thinksafe.model.module",
-    "Adapter": "thinksafe.model.adapters",
-    "LoRA": "thinksafe.model.adapters",
-    "FullFineTune": "thinksafe.model.adapters",
+    "Adapter": "thinksafe.model",
+    "LoRA": "thinksafe.model",
+    "FullFineTune": "thinksafe.model",
+    "ResumableCheckpoint": "thinksafe.model",
     "Sampler": "thinksafe.sampling",
     "SamplingConfig": "thinksafe.sampling",
     "Completion": "thinksafe.sampling",
@@ -40,6 +41,7 @@ _EXPORTS = {
     "WildGuard": "thinksafe.guards",
     "OfflineJudge": "thinksafe.guards",
     "InDistributionLogger": "thinksafe.metrics.in_distribution",
+    "SafetyProbes": "thinksafe.eval",
     "export_merged": "thinksafe.model.export",
     "build_tiny_model": "thinksafe.model.tiny",
     "UserError": "thinksafe.errors",
@@ -54,6 +56,7 @@ __all__ = [
     "Adapter",
     "LoRA",
     "FullFineTune",
+    "ResumableCheckpoint",
     "Sampler",
     "SamplingConfig",
     "Completion",
@@ -66,6 +69,7 @@ __all__ = [
     "WildGuard",
     "OfflineJudge",
     "InDistributionLogger",
+    "SafetyProbes",
     "export_merged",
     "build_tiny_model",
     "UserError",
@@ -75,9 +79,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from thinksafe.data.datamodule import SafetyDataModule
     from thinksafe.data.prompts import PromptSource
     from thinksafe.errors import UserError
+    from thinksafe.eval import SafetyProbes
     from thinksafe.guards import Guard, GuardVerdict, LlamaGuard3, OfflineJudge, WildGuard
     from thinksafe.metrics.in_distribution import InDistributionLogger
-    from thinksafe.model.adapters import Adapter, FullFineTune, LoRA
+    from thinksafe.model import Adapter, FullFineTune, LoRA, ResumableCheckpoint
     from thinksafe.model.export import export_merged
     from thinksafe.model.module import ThinkSafeModule
     from thinksafe.model.tiny import build_tiny_model
