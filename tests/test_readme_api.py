@@ -70,5 +70,5 @@ def test_readme_python_example_trains(tiny_qwen3, tmp_path, monkeypatch):
     assert (adapter / "adapter_model.safetensors").is_file()
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 8
     assert (tmp_path / "runs" / "api" / "selfgen" / "manifest.json").is_file()
-    assert data.train_rows, "the self-generated set kept no row to train on"
+    assert data.training_rows(), "the self-generated set kept no row to train on"
     assert (Path(trainer.log_dir) / "in_distribution.json").is_file()
