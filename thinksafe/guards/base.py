@@ -26,9 +26,7 @@ class Guard(Protocol):
 
     name: str
 
-    def judge(
-        self, prompts: list[str], responses: list[str], harmful: list[bool] | None = None
-    ) -> list[GuardVerdict]:
+    def judge(self, prompts: list[str], responses: list[str], harmful: list[bool] | None = None) -> list[GuardVerdict]:
         """One verdict per pair. ``harmful`` is the dataset's label for each prompt, a hint that only the
         offline judge uses (model guards judge the text alone)."""
         ...

@@ -179,9 +179,7 @@ class OfflineJudge:
 
     name = "offline"
 
-    def judge(
-        self, prompts: list[str], responses: list[str], harmful: list[bool] | None = None
-    ) -> list[GuardVerdict]:
+    def judge(self, prompts: list[str], responses: list[str], harmful: list[bool] | None = None) -> list[GuardVerdict]:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if harmful is not None and len(harmful) != len(prompts):
