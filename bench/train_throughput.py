@@ -4,6 +4,7 @@
     python bench/train_throughput.py --device cuda --shape qwen3-0.6b      # a GPU (random init; 168 s on an H200
                                                                            # with --rows 160, start-up included)
     python bench/train_throughput.py --json results.json                   # also write the numbers as JSON
+    python bench/train_throughput.py --head-loss --json head.json          # LM-head loss: logits vs chunked
 
 Setups, each one epoch over the same rows with the project's real training step
 (``ThinkSafeModule.training_step``, LoRA r=32 on q/v, then ``backward`` and AdamW every ``accumulate`` micro-batches,
@@ -21,6 +22,16 @@ resident set, libraries included) and the share of the chip's measured matmul ra
 (6·N per token for the N matmul weights incl. the LM head, plus 6·L·D·s² per row of s tokens for causal attention:
 the usual MFU convention; LoRA skips the frozen weights' gradients, so the work it needs is nearer 4·N).
 ``speedup_vs_seed`` in the JSON is thinksafe's tokens/s over the authors' setup's.
+
+``--head-loss`` compares instead the loss of the same token-budget micro-batches (no checkpointing) computed two
+ways, with and without forward KL (weight 1, added on benign rows): ``materialised``, the model's full B × T × V
+logits and then the cross-entropy/KL over them (thinksafe before issue #16), and ``chunked``, the training step's
+own loss (:mod:`thinksafe.model.head_loss`: the LM head applied chunk by chunk at supervised positions only). Its
+default shape, ``qwen3-vocab``, has Qwen3's real 151,936-token vocabulary on a small decoder, so it runs on a CPU
+and the head dominates as it does in the real model. Besides the process's peak, it reports ``step_peak_bytes``:
+the peak above what the process held before the epoch (model, data, libraries), i.e. what the steps add; the
+JSON's top-level ``logits_memory_ratio`` is materialised ÷ chunked of that, without KL
+(``logits_memory_ratio_kl`` with it).
 
 Attention runs on the sdpa kernel torch picks, as in training. ``--no-cudnn-sdpa`` keeps it off cuDNN's, which
 builds an execution plan for every new (rows, length) shape it sees (pytorch 2.11 on Hopper/Blackwell; a known
@@ -52,6 +63,10 @@ SHAPES = {
     # a scaled-down Qwen3 for CPUs: compute-bound enough that batching is not just saving Python overhead
     "small": dict(vocab_size=8192, hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
                   num_key_value_heads=4, head_dim=64, max_position_embeddings=4096, tie_word_embeddings=True),
+    # Qwen3's real vocabulary on a decoder small enough for a CPU: the LM head is most of the step, as at 0.6B
+    "qwen3-vocab": dict(vocab_size=151936, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                        num_attention_heads=2, num_key_value_heads=1, head_dim=64, max_position_embeddings=4096,
+                        tie_word_embeddings=True),
     # thinksafe.model.tiny's shape (the tests' model), vocabulary rounded up
     "tiny": dict(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
                  num_key_value_heads=1, head_dim=64, max_position_embeddings=4096, tie_word_embeddings=True),
@@ -78,8 +93,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="keep sdpa off its cuDNN backend, which builds a plan for every new (rows, length) shape")
     p.add_argument("--repeats", type=int, default=3, help="epochs per setup, taken in turns; the median is reported")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--head-loss", action="store_true",
+                   help="compare materialised logits with the chunked LM-head loss (default shape qwen3-vocab)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
+    if args.head_loss and args.shape is None:
+        args.shape = "qwen3-vocab"
+        for key, value in dict(rows=32, max_length=256, max_tokens_per_batch=1024).items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
     for key, value in DEFAULTS[args.device].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -180,15 +202,29 @@ def _peak(device: str) -> float | None:
     return None if rss is None else float(rss)
 
 
-def train_epoch(module, batches: list[dict], accumulate: int, device: str) -> dict:
-    """One epoch of the real training step; timed after one untimed warm-up micro-batch."""
+def _held(device: str) -> float | None:
     import torch
 
+    from thinksafe.model.memory import _host_rss
+
+    if device == "cuda":
+        return float(torch.cuda.memory_allocated())
+    rss = _host_rss("VmRSS")
+    return None if rss is None else float(rss)
+
+
+def train_epoch(module, batches: list[dict], accumulate: int, device: str, step=None) -> dict:
+    """One epoch of the real training step (or ``step(batch)``, a loss); timed after one untimed warm-up
+    micro-batch."""
+    import torch
+
+    step = step or (lambda batch, i: module.training_step(batch, i))
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     _reset_peak(device)
+    held = _held(device)
     warm = {k: v.to(device) for k, v in batches[0].items()}
-    module.training_step(warm, 0).backward()
+    step(warm, 0).backward()
     optimizer.zero_grad(set_to_none=True)
     del warm
     _sync(device)
@@ -198,7 +234,7 @@ def train_epoch(module, batches: list[dict], accumulate: int, device: str) -> di
         tokens += int(cpu_batch["attention_mask"].sum())
         padded += cpu_batch["attention_mask"].numel()
         batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
-        loss = module.training_step(batch, i)
+        loss = step(batch, i)
         (loss / accumulate).backward()  # Lightning's automatic accumulation divides the same way
         if (i + 1) % accumulate == 0 or i + 1 == len(batches):
             optimizer.step()
@@ -208,7 +244,8 @@ def train_epoch(module, batches: list[dict], accumulate: int, device: str) -> di
     # CPU time as well: on a machine shared with other work it measures this process's work, not the others'
     return dict(seconds=seconds, cpu_seconds=cpu_seconds, tokens=tokens, padded_tokens=padded,
                 tokens_per_s=tokens / seconds, tokens_per_cpu_s=tokens / cpu_seconds,
-                padding_share=1 - tokens / padded, peak_bytes=_peak(device), micro_batches=len(batches),
+                padding_share=1 - tokens / padded, peak_bytes=(peak := _peak(device)),
+                step_peak_bytes=None if peak is None or held is None else peak - held, micro_batches=len(batches),
                 optimizer_steps=math.ceil(len(batches) / accumulate), accumulate=accumulate)
 
 
@@ -242,6 +279,92 @@ def uptime() -> str:
         return "?"
 
 
+# ---------------------------------------------------------------------------------------- LM-head loss
+def materialised_loss(module, batch: dict):
+    """The loss as thinksafe computed it before issue #16 (same value as the training step's, CE + KL added on
+    benign rows): the model's full logits at every position, then chunked CE/KL over them
+    (:mod:`thinksafe.model.kl`), the reference's full logits likewise."""
+    import torch
+
+    from thinksafe.model.kl import ForwardKL, shift_labels, token_cross_entropy
+    from thinksafe.rows import IGNORE_INDEX
+
+    hp, model = module.hparams, module.model
+    input_ids, mask, harmful = batch["input_ids"], batch["attention_mask"], batch["harmful"]
+    logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+    targets = shift_labels(batch["labels"])
+    ce = token_cross_entropy(logits, targets, hp.kl_chunk_size)
+    loss = ce.sum()
+    benign = (~harmful).nonzero().squeeze(-1)
+    if hp.kl_weight > 0 and benign.numel():
+        with torch.no_grad(), model.disable_adapter():
+            ref_logits = model(input_ids=input_ids[benign], attention_mask=mask[benign], use_cache=False).logits
+        kl_targets = targets.masked_fill(harmful[:, None], IGNORE_INDEX)
+        kl = ForwardKL(hp.kl_chunk_size).per_token(logits, ref_logits, kl_targets, ref_rows=benign)
+        loss = loss + hp.kl_weight * kl.sum()
+    loss = loss / ce.numel()
+    return loss * batch["loss_scale"] if "loss_scale" in batch else loss
+
+
+def compare_head_loss(args, module, rows: list[dict], pad_id: int) -> dict:
+    """Materialised vs chunked LM-head loss, without and with KL, on the same token-budget micro-batches; the
+    variants take turns ``--repeats`` times (median epoch reported)."""
+    import torch
+
+    from thinksafe.data.batching import token_budget_loader
+    from thinksafe.model.memory import set_gradient_checkpointing
+
+    loader = token_budget_loader(rows, pad_id, args.max_tokens_per_batch, rows_per_step=args.accumulate, seed=args.seed)
+    batches, accumulate = list(loader), loader.sampler.micro_batches_per_step
+    set_gradient_checkpointing(module.model, False)
+    module.eval()  # no LoRA dropout while checking that the two computations agree, before anything is timed
+    with torch.no_grad():
+        probe = {k: v.to(args.device) for k, v in batches[0].items()}
+        for kl in (0.0, 1.0):
+            module.hparams.kl_weight = kl
+            a, b = materialised_loss(module, probe).item(), module._loss(probe)[0].item()
+            if abs(a - b) > 1e-3 * max(1.0, abs(a)):
+                raise SystemExit(f"materialised and chunked losses differ (kl {kl}): {a} vs {b}")
+    module.train()
+    variants = {f"{how}{'+kl' if kl else ''}": (how, kl) for kl in (0.0, 1.0) for how in ("materialised", "chunked")}
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    for repeat in range(args.repeats):
+        for name, (how, kl) in variants.items():
+            module.hparams.kl_weight = kl
+            step = (lambda batch, i: materialised_loss(module, batch)) if how == "materialised" else None
+            with sdpa_backends(args.no_cudnn_sdpa):
+                r = train_epoch(module, batches, accumulate, args.device, step=step)
+            runs[name].append(r)
+            print(f"  {name} ({repeat + 1}/{args.repeats}): {r['tokens_per_s']:.0f} tokens/s, "
+                  f"step peak {_gib(r['step_peak_bytes'])} GiB", flush=True)
+    results = {}
+    for name, (_, kl) in variants.items():
+        ordered = sorted(runs[name], key=lambda r: r["tokens_per_s"])
+        r = dict(ordered[len(ordered) // 2])
+        r["tokens_per_s_runs"] = [x["tokens_per_s"] for x in runs[name]]
+        # memory: the largest of the repeats (the peak a budget has to fit)
+        r["step_peak_bytes"] = max((x["step_peak_bytes"] or 0) for x in runs[name]) or None
+        r["peak_bytes"] = max((x["peak_bytes"] or 0) for x in runs[name]) or None
+        r["kl_weight"] = kl
+        results[name] = r
+
+    def ratio(a: str, b: str) -> float | None:
+        x, y = results[a]["step_peak_bytes"], results[b]["step_peak_bytes"]
+        return None if not x or not y else x / y
+
+    return dict(
+        variants=results,
+        logits_memory_ratio=ratio("materialised", "chunked"),
+        logits_memory_ratio_kl=ratio("materialised+kl", "chunked+kl"),
+        throughput_ratio=results["chunked"]["tokens_per_s"] / results["materialised"]["tokens_per_s"],
+        throughput_ratio_kl=results["chunked+kl"]["tokens_per_s"] / results["materialised+kl"]["tokens_per_s"],
+    )
+
+
+def _gib(x: float | None) -> str:
+    return "?" if x is None else f"{x / 2**30:.2f}"
+
+
 # -------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
@@ -260,13 +383,29 @@ def main(argv: list[str] | None = None) -> dict:
     load_before = uptime()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = write_model(Path(tmp), args.shape, args.dtype, args.device)
+        # kl_weight > 0 builds the KL reference; --head-loss switches it per variant, the setups train without
         module = ThinkSafeModule(str(model_dir), adapter=LoRA(r=32, alpha=16, dropout=0.05), dtype=args.dtype,
-                                 attn_implementation="sdpa")
+                                 attn_implementation="sdpa", kl_weight=1.0 if args.head_loss else 0.0)
         module.configure_model()
     module.to(args.device).train()
     config = module.model.get_base_model().config
     pad_id = 0
     rows = trace_rows(args.rows, args.max_length, config.vocab_size, args.seed)
+    if args.head_loss:
+        load_before = uptime()
+        report = dict(
+            device=torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({os.cpu_count()} cores)",
+            threads=torch.get_num_threads(), shape=args.shape, vocab_size=config.vocab_size, dtype=args.dtype,
+            rows=args.rows, max_length=args.max_length, max_tokens_per_batch=args.max_tokens_per_batch,
+            repeats=args.repeats, chunk_size=module.hparams.kl_chunk_size,
+            **compare_head_loss(args, module, rows, pad_id),
+        )
+        report["load_average"] = dict(before=load_before, after=uptime())
+        print_head_loss_table(report)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+        return report
     rate = matmul_rate(args.device, args.dtype)
 
     loader = token_budget_loader(rows, pad_id, args.max_tokens_per_batch, rows_per_step=args.accumulate, seed=args.seed)
@@ -337,6 +476,18 @@ def print_table(report: dict) -> None:
         print(f"{name:<10} {r['tokens_per_s']:>10.0f} {r['tokens_per_s'] / base:>7.2f}× {100 * r['padding_share']:>7.1f}% "
               f"{gib(r['peak_bytes']):>9} {100 * r['matmul_share']:>8.1f}%  {r['setup']}")
     print(f"speedup_vs_seed: {report['speedup_vs_seed']:.2f}×")
+
+
+def print_head_loss_table(report: dict) -> None:
+    print(f"\n{report['device']}, {report['threads']} thread(s), {report['shape']} (vocab {report['vocab_size']}, "
+          f"{report['dtype']}), {report['rows']} rows, budget {report['max_tokens_per_batch']} tokens, load "
+          f"{report['load_average']['before']} → {report['load_average']['after']}")
+    print(f"{'loss':<18} {'tokens/s':>10} {'step peak GiB':>14} {'process peak GiB':>17}")
+    for name, r in report["variants"].items():
+        print(f"{name:<18} {r['tokens_per_s']:>10.0f} {_gib(r['step_peak_bytes']):>14} {_gib(r['peak_bytes']):>17}")
+    print(f"logits_memory_ratio: {report['logits_memory_ratio']:.2f}× (with KL {report['logits_memory_ratio_kl']:.2f}×); "
+          f"tokens/s chunked ÷ materialised: {report['throughput_ratio']:.2f}× (with KL "
+          f"{report['throughput_ratio_kl']:.2f}×)")
 
 
 if __name__ == "__main__":

@@ -19,14 +19,17 @@ import torch
 from torch import nn
 
 from thinksafe.errors import UserError
+from thinksafe.model.head_loss import final_hidden, output_weight
 
 
 class Reference(ABC):
     """The initial (pre-training) model, for the forward-KL term. Never receives gradients."""
 
     @abstractmethod
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Next-token logits of the initial model, computed without autograd."""
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The initial model's final hidden states ``[batch, length, hidden]`` and its LM head weight, computed
+        without autograd (the loss applies the head at supervised positions only:
+        :mod:`thinksafe.model.head_loss`)."""
 
     def frozen_modules(self) -> list[nn.Module]:
         """Modules the reference holds beside the trained model (to place and shard like it)."""
@@ -68,10 +71,10 @@ class _AdapterDisabled(Reference):
     def __init__(self, model: nn.Module):
         self._model = [model]  # a list, so the reference is not a second owner of the model's parameters
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         model = self._model[0]
         with torch.no_grad(), model.disable_adapter():
-            return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            return final_hidden(model, input_ids, attention_mask), output_weight(model).detach()
 
 
 class _FrozenCopy(Reference):
@@ -80,9 +83,9 @@ class _FrozenCopy(Reference):
     def __init__(self, model: nn.Module):
         self.module = copy.deepcopy(model).requires_grad_(False).eval()
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            return self.module(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            return final_hidden(self.module, input_ids, attention_mask), output_weight(self.module).detach()
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.module]

@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 
 from thinksafe.errors import UserError
 from thinksafe.model.adapters import Adapter, LoRA, Reference
-from thinksafe.model.kl import ForwardKL, shift_labels, token_cross_entropy
+from thinksafe.model.head_loss import final_hidden, head_loss, output_weight
+from thinksafe.model.kl import shift_labels
 from thinksafe.model.training_metrics import TrainingMetrics
 from thinksafe.rows import IGNORE_INDEX, LABELS
 
@@ -81,8 +83,9 @@ class ThinkSafeModule(LightningModule):
         name_or_path: base model: hub id, local directory or .gguf file.
         adapter: what to train: ``LoRA`` (default: r=32, alpha=16, dropout=0.05) or ``FullFineTune``.
         kl_weight: weight of the forward KL to the initial model on benign rows (0: plain SFT).
-        kl_chunk_size: supervised positions per chunk in the loss computation (bounds the float32
-            full-vocabulary memory of the cross-entropy and KL).
+        kl_chunk_size: supervised positions per chunk of the LM head in the loss (bounds the full-vocabulary
+            memory of the cross-entropy and KL: no more than one chunk of logits is alive at a time; 256 positions
+            of Qwen3's 151,936-token vocabulary are 156 MB per float32 copy, 3 of them at most).
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay (on every trainable weight).
         warmup_ratio: share of the optimizer steps spent in linear warmup before the cosine decay to 0.
@@ -103,7 +106,7 @@ class ThinkSafeModule(LightningModule):
         name_or_path: str,
         adapter: Adapter | None = None,
         kl_weight: float = 0.0,
-        kl_chunk_size: int = 1024,
+        kl_chunk_size: int = 256,
         lr: float = 1e-5,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.1,
@@ -133,7 +136,8 @@ class ThinkSafeModule(LightningModule):
         self.save_hyperparameters(ignore=["adapter"])
         self.hparams["adapter"] = adapter.as_config()
         self.adapter = adapter
-        self.kl = ForwardKL(kl_chunk_size)
+        if kl_chunk_size < 1:
+            raise UserError(f"model.kl_chunk_size must be ≥ 1, got {kl_chunk_size}.")
         self.train_metrics = TrainingMetrics()
         self.model: torch.nn.Module | None = None
         self.tokenizer = None
@@ -226,37 +230,57 @@ class ThinkSafeModule(LightningModule):
 
     # ------------------------------------------------------------------------------------------------ loss
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        scaled, logits = self._loss(batch)
+        scaled, hidden = self._loss(batch)
         if self._trainer is not None and self.trainer.lr_scheduler_configs:
             self.log("train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True, on_epoch=False)
-        self._log_sample(batch, logits)
+        self._log_sample(batch, hidden)
         return scaled
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the loss to back-propagate, the logits); keeps the step's metric sums for ``on_train_batch_end``."""
+        """(the loss to back-propagate, the decoder's final hidden states); keeps the step's metric sums for
+        ``on_train_batch_end``. No full logits are made: the LM head runs at supervised positions only, in
+        chunks (:mod:`thinksafe.model.head_loss`), for the model and for the reference alike."""
         hp = self.hparams
         input_ids, attention_mask, harmful = batch["input_ids"], batch["attention_mask"], batch["harmful"]
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        hidden = final_hidden(self.model, input_ids, attention_mask)
+        weight = output_weight(self.model)
         targets = shift_labels(batch["labels"])
-        rows = (targets != IGNORE_INDEX).nonzero()[:, 0]  # batch row of each supervised position, row-major
-        n = rows.numel()
+        length = targets.shape[1]
+        positions = (targets.reshape(-1) != IGNORE_INDEX).nonzero().squeeze(-1)  # row-major
+        n = positions.numel()
         if n == 0:
             raise ValueError("a training batch holds no supervised token; ChatEncoder drops such rows")
-        ce = token_cross_entropy(logits, targets, hp.kl_chunk_size)
-        loss_sum = ce.sum() if hp.benign_ce else (ce * harmful[rows]).sum()
+        rows = positions // length  # batch row of each supervised position
+        flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+        token_targets = targets.reshape(-1)[positions]
+        harmful_token = harmful[rows]
+        ce_weight = torch.ones(n, device=positions.device) if hp.benign_ce else harmful_token.float()
 
+        ce = torch.empty(n, dtype=torch.float32, device=positions.device)
         kl_sum, n_kl = None, 0
         if hp.kl_weight > 0:
             benign = (~harmful).nonzero().squeeze(-1)
+            on_kl = (~harmful_token).nonzero().squeeze(-1)  # the positions in benign rows
             # under FSDP2 every forward all-gathers across ranks, so a rank without benign rows still runs one
             if benign.numel() or self.device_mesh is not None:
                 ref_rows = benign if benign.numel() else benign.new_zeros(1)
-                ref_logits = self._reference.logits(input_ids[ref_rows], attention_mask[ref_rows])
-                kl_targets = targets.masked_fill(harmful[:, None], IGNORE_INDEX)
-                kl = self.kl.per_token(logits, ref_logits, kl_targets, ref_rows=ref_rows)
-                del ref_logits
+                ref_hidden, ref_weight = self._reference.hidden_states(input_ids[ref_rows], attention_mask[ref_rows])
+                slot = torch.full((harmful.numel(),), -1, dtype=torch.long, device=positions.device)
+                slot[ref_rows] = torch.arange(ref_rows.numel(), device=positions.device)
+                kl_positions = positions[on_kl]
+                ref_positions = slot[rows[on_kl]] * length + kl_positions % length
+                loss_kl, ce[on_kl], kl = head_loss(
+                    flat_hidden.index_select(0, kl_positions), weight, token_targets[on_kl], ce_weight[on_kl],
+                    ref_hidden.reshape(-1, ref_hidden.shape[-1]).index_select(0, ref_positions), ref_weight,
+                    torch.full((on_kl.numel(),), hp.kl_weight, device=positions.device), hp.kl_chunk_size)
+                del ref_hidden
                 kl_sum, n_kl = kl.sum(), kl.numel()
-                loss_sum = loss_sum + hp.kl_weight * kl_sum
+            plain = harmful_token.nonzero().squeeze(-1)
+        else:
+            plain = torch.arange(n, device=positions.device)
+        loss_plain, ce[plain], _ = head_loss(flat_hidden.index_select(0, positions[plain]), weight,
+                                             token_targets[plain], ce_weight[plain], chunk_size=hp.kl_chunk_size)
+        loss_sum = loss_plain if kl_sum is None else loss_plain + loss_kl
         loss = loss_sum / n
         scaled = loss * batch["loss_scale"] if "loss_scale" in batch else loss
 
@@ -269,7 +293,7 @@ class ThinkSafeModule(LightningModule):
             label_tokens=torch.bincount(label_of_token, minlength=len(LABELS)),
             processed_tokens=attention_mask.sum(),
         )
-        return scaled, logits
+        return scaled, hidden
 
     # --------------------------------------------------------------------------------------------- logging
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -292,7 +316,7 @@ class ThinkSafeModule(LightningModule):
         for name, value in values.items():
             self.log(f"train/{name}_epoch", value, on_step=False, on_epoch=True, sync_dist=True)
 
-    def _log_sample(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> None:
+    def _log_sample(self, batch: dict[str, torch.Tensor], hidden: torch.Tensor) -> None:
         every = self.hparams.log_samples_every_n_steps
         step = self.global_step
         if not every or step % every or step == self._last_sample_step or self._trainer is None:
@@ -304,7 +328,12 @@ class ThinkSafeModule(LightningModule):
         ids, mask, labels = batch["input_ids"][0], batch["attention_mask"][0].bool(), batch["labels"][0]
         supervised = (labels != IGNORE_INDEX) & mask
         positions = supervised.nonzero().squeeze(-1)
-        predicted = logits[0].detach().argmax(-1)[(positions - 1).clamp_min(0)]
+        # the LM head at row 0's supervised positions only, a chunk at a time: no full-vocabulary logits
+        weight, chunk = output_weight(self.model).detach(), self.hparams.kl_chunk_size
+        with torch.no_grad():
+            before = hidden[0].detach().index_select(0, (positions - 1).clamp_min(0))
+            predicted = torch.cat([F.linear(before[i:i + chunk], weight).argmax(-1)
+                                   for i in range(0, before.shape[0], chunk)] or [positions[:0]])
 
         def block(token_ids: torch.Tensor) -> str:
             text = self.tokenizer.decode(token_ids.tolist(), skip_special_tokens=False)
