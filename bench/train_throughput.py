@@ -385,7 +385,8 @@ def main(argv: list[str] | None = None) -> dict:
         model_dir = write_model(Path(tmp), args.shape, args.dtype, args.device)
         # kl_weight > 0 builds the KL reference; --head-loss switches it per variant, the setups train without
         module = ThinkSafeModule(str(model_dir), adapter=LoRA(r=32, alpha=16, dropout=0.05), dtype=args.dtype,
-                                 attn_implementation="sdpa", kl_weight=1.0 if args.head_loss else 0.0)
+                                 attn_implementation="sdpa", kl_weight=1.0 if args.head_loss else 0.0,
+                                 kl_mode="add")
         module.configure_model()
     module.to(args.device).train()
     config = module.model.get_base_model().config

@@ -178,7 +178,7 @@ def test_module_loss_equals_materialised_logits(tiny_qwen3, tmp_path, tied, kl_w
     model_dir = tiny_qwen3 if tied else untied_copy(tiny_qwen3, tmp_path)
     torch.manual_seed(0)
     module = ThinkSafeModule(str(model_dir), adapter=LoRA(r=4, alpha=8, dropout=0.0) if adapter == "lora"
-                             else FullFineTune(), kl_weight=kl_weight, kl_chunk_size=5)
+                             else FullFineTune(), kl_weight=kl_weight, kl_chunk_size=5, kl_mode="add")
     module.configure_model()
     model = module.model
     with torch.no_grad():  # off the initial model, so that the KL and its gradient are not trivially 0

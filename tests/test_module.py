@@ -68,12 +68,12 @@ def lora(**kw) -> LoRA:
     return LoRA(**{"r": 4, "alpha": 8, "dropout": 0.0, **kw})
 
 
-@pytest.mark.parametrize("benign_ce", [True, False])
-def test_loss_mixes_ce_and_benign_kl_per_token(tiny_qwen3, benign_ce):
+@pytest.mark.parametrize("kl_mode", ["add", "replace"])
+def test_loss_mixes_ce_and_benign_kl_per_token(tiny_qwen3, kl_mode):
     from thinksafe.model.kl import shift_labels
 
     torch.manual_seed(0)
-    module = ThinkSafeModule(str(tiny_qwen3), adapter=lora(), kl_weight=0.7, benign_ce=benign_ce)
+    module = ThinkSafeModule(str(tiny_qwen3), adapter=lora(), kl_weight=0.7, kl_mode=kl_mode)
     module.configure_model()
     # move the LoRA off its zero init so that the KL term is not trivially 0
     with torch.no_grad():
@@ -91,13 +91,42 @@ def test_loss_mixes_ce_and_benign_kl_per_token(tiny_qwen3, benign_ce):
     kl = (F.softmax(ref, -1) * (F.log_softmax(ref, -1) - F.log_softmax(logits, -1))).sum(-1)
     supervised = targets != IGNORE_INDEX
     benign = supervised & ~batch["harmful"][:, None]
-    ce_part = (ce * supervised).sum() if benign_ce else (ce * (supervised & ~benign)).sum()
+    ce_part = (ce * supervised).sum() if kl_mode == "add" else (ce * (supervised & ~benign)).sum()
     expected = (ce_part + 0.7 * (kl * benign).sum()) / supervised.sum()
     assert batch["harmful"].any() and (~batch["harmful"]).any()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     # token-budget micro-batches (thinksafe.data.batching) carry the factor that makes them add up per step
     scaled = module.training_step({**batch, "loss_scale": torch.tensor(2.5)}, 0)
     assert scaled.item() == pytest.approx(2.5 * expected.item(), rel=1e-5)
+
+
+def test_kl_replace_is_the_authors_loss_per_row(tiny_qwen3):
+    """kl_mode=replace (the default, ThinkSafe's kl_trainer.py): a benign row trains on the forward KL to the
+    initial model alone (weight 1, its token mean), a harmful row on cross-entropy alone."""
+    from thinksafe.model.kl import shift_labels
+
+    torch.manual_seed(0)
+    module = ThinkSafeModule(str(tiny_qwen3), adapter=lora(), kl_weight=1.0)
+    assert module.hparams.kl_mode == "replace"
+    module.configure_model()
+    with torch.no_grad():
+        for name, p in module.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    rows, pad_id = encoded_rows(tiny_qwen3)
+    for row in (rows[0], rows[1]):  # vanilla_benign, adversarial_harmful
+        batch = collate([row], pad_id)
+        loss = module.training_step(batch, 0)
+        targets = shift_labels(batch["labels"])
+        supervised = targets != IGNORE_INDEX
+        logits = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        with module.model.disable_adapter():
+            ref = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        kl = (F.softmax(ref, -1) * (F.log_softmax(ref, -1) - F.log_softmax(logits, -1))).sum(-1)[supervised].mean()
+        ce = F.cross_entropy(logits[supervised], targets[supervised])
+        expected = ce if bool(batch["harmful"][0]) else kl
+        assert kl.item() > 1e-4 and abs(ce.item() - kl.item()) > 1e-2  # the two terms are told apart
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 @pytest.mark.slow

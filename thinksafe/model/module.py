@@ -4,12 +4,13 @@ Loss of a micro-batch, with ``S`` its supervised positions (labels != -100, afte
 those in benign rows (``batch["harmful"]`` False), ``ce_t`` the token cross-entropy and ``kl_t`` the token
 ``KL(initial ‖ current)``::
 
-    loss = ( Σ_{t∈S} ce_t  +  kl_weight · Σ_{t∈S_b} kl_t ) / |S|              (benign_ce=True, the default)
-    loss = ( Σ_{t∈S∖S_b} ce_t  +  kl_weight · Σ_{t∈S_b} kl_t ) / |S|          (benign_ce=False)
+    loss = ( Σ_{t∈S∖S_b} ce_t  +  kl_weight · Σ_{t∈S_b} kl_t ) / |S|          (kl_mode="replace", the default)
+    loss = ( Σ_{t∈S} ce_t  +  kl_weight · Σ_{t∈S_b} kl_t ) / |S|              (kl_mode="add")
 
-i.e. a token-level mean in which harmful rows get cross-entropy and benign rows get cross-entropy plus
-``kl_weight`` times the KL to the initial model (or the KL alone with ``benign_ce=False``, which is what
-ThinkSafe's released trainer does). With ``kl_weight=0`` it is plain SFT and no reference forward runs.
+i.e. a token-level mean in which harmful rows get cross-entropy and benign rows get the forward KL to the initial
+model instead of cross-entropy (``replace``: what ThinkSafe's released trainer does, ``trainers/kl_trainer.py``)
+or on top of it (``add``). With ``kl_weight=0`` it is plain SFT on every row, ``kl_mode`` is not read and no
+reference forward runs.
 
 A batch may carry ``loss_scale`` (:mod:`thinksafe.data.batching`): the returned loss is then multiplied by it, so
 that token-budget micro-batches of different sizes add up to the token mean of the whole optimizer step. Logged
@@ -97,8 +98,8 @@ class ThinkSafeModule(LightningModule):
         attn_implementation: transformers attention backend ("sdpa", "flash_attention_2", "eager"); None: default.
         log_samples_every_n_steps: every N optimizer steps, write one decoded row (prompt, target and the
             model's teacher-forced argmax) to TensorBoard as text; 0: never.
-        benign_ce: keep the cross-entropy on benign rows when ``kl_weight > 0``; False trains benign rows on
-            the KL term alone (as ThinkSafe's released trainer does).
+        kl_mode: with ``kl_weight > 0``, what benign rows train on: "replace" (the KL term alone, as ThinkSafe's
+            released trainer does) or "add" (cross-entropy plus the KL term).
     """
 
     def __init__(
@@ -114,7 +115,7 @@ class ThinkSafeModule(LightningModule):
         dtype: str = "auto",
         attn_implementation: str | None = None,
         log_samples_every_n_steps: int = 0,
-        benign_ce: bool = True,
+        kl_mode: Literal["replace", "add"] = "replace",
     ):
         super().__init__()
         if isinstance(adapter, dict):  # from a checkpoint's hyperparameters (see below)
@@ -122,8 +123,8 @@ class ThinkSafeModule(LightningModule):
         adapter = adapter if adapter is not None else LoRA()
         if kl_weight < 0:
             raise UserError(f"model.kl_weight must be ≥ 0, got {kl_weight}.")
-        if not benign_ce and kl_weight == 0:
-            raise UserError("model.benign_ce=false trains benign rows on the KL term alone; it needs kl_weight > 0.")
+        if kl_mode not in ("replace", "add"):
+            raise UserError(f"model.kl_mode must be replace or add, got {kl_mode!r}.")
         if not 0 <= warmup_ratio < 1:
             raise UserError(f"model.warmup_ratio must be in [0, 1), got {warmup_ratio}.")
         if lr <= 0:
@@ -254,7 +255,8 @@ class ThinkSafeModule(LightningModule):
         flat_hidden = hidden.reshape(-1, hidden.shape[-1])
         token_targets = targets.reshape(-1)[positions]
         harmful_token = harmful[rows]
-        ce_weight = torch.ones(n, device=positions.device) if hp.benign_ce else harmful_token.float()
+        replace = hp.kl_weight > 0 and hp.kl_mode == "replace"
+        ce_weight = harmful_token.float() if replace else torch.ones(n, device=positions.device)
 
         ce = torch.empty(n, dtype=torch.float32, device=positions.device)
         kl_sum, n_kl = None, 0
