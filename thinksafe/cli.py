@@ -44,37 +44,34 @@ def generate(args: list[str]) -> None:
         report_generated(dm, limit=dm.in_distribution_rows)
 
 
-def _function_command(fn, args: list[str], prog: str, positional: tuple[str, ...] = ()):
-    """Run ``fn`` with its arguments parsed from ``args``: its signature is the schema (``positional`` ones
-    are given without a flag)."""
-    from jsonargparse import ArgumentParser
+def _function_command(fn, args: list[str], prog: str, as_positional: bool = True):
+    """Run ``fn`` with its arguments parsed from ``args``: its signature is the schema (``as_positional``: the
+    required ones are given without a flag)."""
+    from jsonargparse import auto_parser
 
     from thinksafe.lightning_cli import strict_parser_kwargs
 
-    parser = ArgumentParser(**strict_parser_kwargs(dict(prog=prog, description=fn.__doc__.split("\n")[0])))
-    for name in positional:
-        parser.add_argument(name)
-    parser.add_function_arguments(fn, skip=set(positional))
+    parser = auto_parser(fn, as_positional=as_positional, **strict_parser_kwargs({"prog": prog}))
     cfg = parser.instantiate_classes(parse_args(parser, args, prog))
-    return fn(**{k: v for k, v in vars(cfg).items() if k != "__path__"})
+    return fn(**{k: v for k, v in vars(cfg).items() if k not in ("__path__", "config")})
 
 
 def tiny_model(args: list[str]) -> None:
     from thinksafe.model.tiny import build_tiny_model
 
-    print(_function_command(build_tiny_model, args, "thinksafe tiny-model", positional=("out_dir",)))
+    print(_function_command(build_tiny_model, args, "thinksafe tiny-model"))
 
 
 def export(args: list[str]) -> None:
     from thinksafe.model.export import export_merged
 
-    print(_function_command(export_merged, args, "thinksafe export", positional=("adapter_dir", "output_dir")))
+    print(_function_command(export_merged, args, "thinksafe export"))
 
 
 def score(args: list[str]) -> None:
     from thinksafe.eval import score as score_fn
 
-    _function_command(score_fn, args, "thinksafe score")
+    _function_command(score_fn, args, "thinksafe score", as_positional=False)
 
 
 def evaluate(args: list[str]) -> None:
