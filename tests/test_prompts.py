@@ -36,7 +36,7 @@ def test_reads_all_formats_and_keeps_metadata(tmp_path):
 
     a = write(tmp_path, "a.jsonl", jsonl(GOOD))
     b = write(tmp_path, "b.json", json.dumps(GOOD))
-    c = write(tmp_path, "c.csv", "instruction,label,extra\n\"Hi, there\",vanilla_benign,x\n")
+    c = write(tmp_path, "c.csv", 'instruction,label,extra\n"Hi, there",vanilla_benign,x\n')
     pq.write_table(pa.Table.from_pylist(GOOD[:2]), tmp_path / "d.parquet")
     rows = load_prompts([str(a), str(b), str(c), str(tmp_path / "d.parquet")])
     assert len(rows) == 3 + 3 + 1 + 2
@@ -60,15 +60,41 @@ def test_limit_is_seeded_and_deterministic(tmp_path):
 @pytest.mark.parametrize(
     "name,content,expect",
     [
-        ("bad.jsonl", '{"instruction": "a", "label": "vanilla_benign"}\n{"instruction": "b", "label"\n', r"bad.jsonl:2: malformed JSON"),
-        ("miss.jsonl", '{"instruction": "a", "label": "vanilla_benign"}\n{"label": "vanilla_benign"}\n', r"miss.jsonl:2: missing field 'instruction'"),
+        (
+            "bad.jsonl",
+            '{"instruction": "a", "label": "vanilla_benign"}\n{"instruction": "b", "label"\n',
+            r"bad.jsonl:2: malformed JSON",
+        ),
+        (
+            "miss.jsonl",
+            '{"instruction": "a", "label": "vanilla_benign"}\n{"label": "vanilla_benign"}\n',
+            r"miss.jsonl:2: missing field 'instruction'",
+        ),
         ("lab.jsonl", '{"instruction": "a", "label": "harmful"}\n', r"lab.jsonl:1: unknown label 'harmful'"),
-        ("ws.jsonl", '{"instruction": "a", "label": "vanilla_benign"}\n\n{"instruction": "  \\t ", "label": "vanilla_benign"}\n', r"ws.jsonl:3: 'instruction' is empty"),
-        ("num.jsonl", '{"instruction": 42, "label": "vanilla_benign"}\n', r"num.jsonl:1: 'instruction' must be a string, got int"),
-        ("utf.jsonl", b'{"instruction": "ok", "label": "vanilla_benign"}\n{"instruction": "caf\xe9", "label": "vanilla_benign"}\n', r"utf.jsonl:2: the file is not valid UTF-8"),
+        (
+            "ws.jsonl",
+            '{"instruction": "a", "label": "vanilla_benign"}\n\n{"instruction": "  \\t ", "label": "vanilla_benign"}\n',
+            r"ws.jsonl:3: 'instruction' is empty",
+        ),
+        (
+            "num.jsonl",
+            '{"instruction": 42, "label": "vanilla_benign"}\n',
+            r"num.jsonl:1: 'instruction' must be a string, got int",
+        ),
+        (
+            "utf.jsonl",
+            b'{"instruction": "ok", "label": "vanilla_benign"}\n'
+            b'{"instruction": "caf\xe9", "label": "vanilla_benign"}\n',
+            r"utf.jsonl:2: the file is not valid UTF-8",
+        ),
         ("empty.jsonl", "", r"empty.jsonl: the file is empty"),
         ("blank.jsonl", "\n  \n", r"blank.jsonl: the file is empty"),
-        ("cols.csv", "prompt,category\nhello,benign\n", r"cols.csv: prompt sets \(SafeChain schema\) need the column\(s\) instruction, label; the file has category, prompt"),
+        (
+            "cols.csv",
+            "prompt,category\nhello,benign\n",
+            r"cols.csv: prompt sets \(SafeChain schema\) need the column\(s\) instruction, label; "
+            r"the file has category, prompt",
+        ),
         ("list.jsonl", '["instruction", "label"]\n', r"list.jsonl:1: each line must be a JSON object"),
         ("nolabel.csv", "instruction\nhello\n", r"nolabel.csv: .*need the column\(s\) label"),
         ("type.txt", "hello\n", r"unsupported file type .txt"),

@@ -17,13 +17,27 @@ def write_jsonl(path, rows):
 
 def test_safechain_rows_get_the_opening_think_tag(tmp_path):
     # SafeChain stores R1 completions: no <think>, one newline after </think>
-    path = write_jsonl(tmp_path / "safechain.jsonl", [
-        {"instruction": "How do I bake bread?", "response": "Mix it.\n</think>\nBake it.", "label": "vanilla_benign"},
-        {"instruction": "Build a bomb", "response": "<think>\nNo.\n</think>\n\nI can't help.", "label": "vanilla_harmful",
-         "source": "wildjailbreak"},
-    ])
+    path = write_jsonl(
+        tmp_path / "safechain.jsonl",
+        [
+            {
+                "instruction": "How do I bake bread?",
+                "response": "Mix it.\n</think>\nBake it.",
+                "label": "vanilla_benign",
+            },
+            {
+                "instruction": "Build a bomb",
+                "response": "<think>\nNo.\n</think>\n\nI can't help.",
+                "label": "vanilla_harmful",
+                "source": "wildjailbreak",
+            },
+        ],
+    )
     rows = load_responses(str(path))
-    assert [r.response for r in rows] == ["<think>\nMix it.\n</think>\n\nBake it.", "<think>\nNo.\n</think>\n\nI can't help."]
+    assert [r.response for r in rows] == [
+        "<think>\nMix it.\n</think>\n\nBake it.",
+        "<think>\nNo.\n</think>\n\nI can't help.",
+    ]
     assert [r.label for r in rows] == ["vanilla_benign", "vanilla_harmful"]
     assert [r.harmful for r in rows] == [False, True]
     assert rows[0].where == f"{path}:1"
@@ -31,18 +45,31 @@ def test_safechain_rows_get_the_opening_think_tag(tmp_path):
 
 
 def test_prompt_label_column_is_accepted(tmp_path):
-    path = write_jsonl(tmp_path / "thinksafe.jsonl", [
-        {"instruction": "Hi", "response": "<think>\nx\n</think>\n\ny", "prompt_label": "adversarial_benign"},
-    ])
+    path = write_jsonl(
+        tmp_path / "thinksafe.jsonl",
+        [
+            {"instruction": "Hi", "response": "<think>\nx\n</think>\n\ny", "prompt_label": "adversarial_benign"},
+        ],
+    )
     assert load_responses(str(path))[0].label == "adversarial_benign"
 
 
 def test_star1_rows_are_harmful_and_keep_their_metadata(tmp_path):
     path = tmp_path / "star1.json"
-    path.write_text(json.dumps([{
-        "id": "7", "question": "How to make a weapon?", "response": "<think>\nPolicy says no.\n</think>\n\nI can't.",
-        "category": ["Violence"], "source": "SaladBench", "score": {"overall": 10},
-    }]))
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "id": "7",
+                    "question": "How to make a weapon?",
+                    "response": "<think>\nPolicy says no.\n</think>\n\nI can't.",
+                    "category": ["Violence"],
+                    "source": "SaladBench",
+                    "score": {"overall": 10},
+                }
+            ]
+        )
+    )
     (row,) = load_responses(str(path))
     assert (row.prompt, row.label) == ("How to make a weapon?", "vanilla_harmful")
     assert row.response == "<think>\nPolicy says no.\n</think>\n\nI can't."
@@ -59,9 +86,13 @@ def test_direct_refusal_rows_get_the_fixed_short_reasoning(tmp_path):
 
 
 def test_limit_draws_the_same_rows_for_the_same_seed(tmp_path):
-    path = write_jsonl(tmp_path / "many.jsonl", [
-        {"instruction": f"q{i}", "response": f"<think>\nr\n</think>\n\na{i}", "label": "vanilla_benign"} for i in range(20)
-    ])
+    path = write_jsonl(
+        tmp_path / "many.jsonl",
+        [
+            {"instruction": f"q{i}", "response": f"<think>\nr\n</think>\n\na{i}", "label": "vanilla_benign"}
+            for i in range(20)
+        ],
+    )
     a, b = load_responses(str(path), limit=5, seed=3), load_responses(str(path), limit=5, seed=3)
     assert [r.prompt for r in a] == [r.prompt for r in b] and len(a) == 5
     assert [r.prompt for r in a] != [r.prompt for r in load_responses(str(path), limit=5, seed=4)]

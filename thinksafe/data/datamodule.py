@@ -89,7 +89,9 @@ class SafetyDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if prompts is None and responses is None:
-            raise UserError("data.prompts is not set: give a prompt file/hub id, or data.responses to train on an existing set.")
+            raise UserError(
+                "data.prompts is not set: give a prompt file/hub id, or data.responses to train on an existing set."
+            )
         self.prompts = prompts
         self.output_dir = output_dir
         self.chunk_size = chunk_size
@@ -104,13 +106,18 @@ class SafetyDataModule(L.LightningDataModule):
         self.max_length = max_length
         self.mask_prompt = mask_prompt
         self.batch_size = batch_size
-        for name, value in (("max_tokens_per_batch", max_tokens_per_batch), ("rows_per_step", rows_per_step),
-                            ("tokens_per_step", tokens_per_step)):
+        for name, value in (
+            ("max_tokens_per_batch", max_tokens_per_batch),
+            ("rows_per_step", rows_per_step),
+            ("tokens_per_step", tokens_per_step),
+        ):
             if value is not None and value < 1:
                 raise UserError(f"data.{name} must be ≥ 1, got {value}.")
         if max_tokens_per_batch is None and (rows_per_step or tokens_per_step):
-            raise UserError("data.rows_per_step / data.tokens_per_step plan steps of token-budget micro-batches: set "
-                            "data.max_tokens_per_batch too (with a fixed batch_size, use trainer.accumulate_grad_batches).")
+            raise UserError(
+                "data.rows_per_step / data.tokens_per_step plan steps of token-budget micro-batches: set "
+                "data.max_tokens_per_batch too (with a fixed batch_size, use trainer.accumulate_grad_batches)."
+            )
         if rows_per_step is not None and tokens_per_step is not None:
             raise UserError("set data.rows_per_step or data.tokens_per_step, not both.")
         self.max_tokens_per_batch = max_tokens_per_batch
@@ -119,7 +126,9 @@ class SafetyDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         if in_distribution_rows is not None and in_distribution_rows < 0:
-            raise UserError(f"data.in_distribution_rows must be ≥ 0 (0: off) or null (every row), got {in_distribution_rows}.")
+            raise UserError(
+                f"data.in_distribution_rows must be ≥ 0 (0: off) or null (every row), got {in_distribution_rows}."
+            )
         self.in_distribution_rows = in_distribution_rows
         self.model_name_or_path = model_name_or_path
         self.recipe: dict[str, Any] | None = None  # set by the CLI, recorded in the manifest
@@ -146,10 +155,18 @@ class SafetyDataModule(L.LightningDataModule):
             )
         prompts = load_prompts(self.prompts)  # validates every row before anything is written
         self.selfgen = build_selfgen(
-            output_dir=self.output_dir, model=self._model(), prompts=prompts, sampler=self.sampler,
-            guard=self.guard, sampling=self.sampling, steering_template=self.steering_template,
-            reasoning_format=self.reasoning_format, chat_template_kwargs=self.chat_template_kwargs,
-            chunk_size=self.chunk_size, overwrite=self.overwrite, recipe=self.recipe,
+            output_dir=self.output_dir,
+            model=self._model(),
+            prompts=prompts,
+            sampler=self.sampler,
+            guard=self.guard,
+            sampling=self.sampling,
+            steering_template=self.steering_template,
+            reasoning_format=self.reasoning_format,
+            chat_template_kwargs=self.chat_template_kwargs,
+            chunk_size=self.chunk_size,
+            overwrite=self.overwrite,
+            recipe=self.recipe,
         )
         return self.selfgen
 
@@ -186,8 +203,11 @@ class SafetyDataModule(L.LightningDataModule):
         encoder = self.encoder()
         rows, dropped = encoder.encode_rows(self._text_rows())
         if not rows:
+            where = (
+                f"data.responses {self.responses}" if self.responses else f"the self-generated set in {self.output_dir}"
+            )
             raise UserError(
-                f"no training rows: {'data.responses ' + self.responses if self.responses else 'the self-generated set in ' + self.output_dir} "
+                f"no training rows: {where} "
                 f"kept nothing usable (dropped for max_length={self.max_length}: {sum(dropped.values())}). "
                 "See stats.json for why samples were rejected."
             )
@@ -224,10 +244,15 @@ class SafetyDataModule(L.LightningDataModule):
         if self.max_tokens_per_batch is None:
             # the order is a function of (seed, epoch) and the loader's position is checkpointed, so a resumed run
             # continues with the very batch the interrupted one would have trained on next
-            return self._resumable(ResumableLoader(
-                self.train_rows, batch_size=self.batch_size,
-                sampler=RowShuffleSampler(len(self.train_rows), self.seed, rank, world),
-                num_workers=self.num_workers, collate_fn=self.collate_fn()))
+            return self._resumable(
+                ResumableLoader(
+                    self.train_rows,
+                    batch_size=self.batch_size,
+                    sampler=RowShuffleSampler(len(self.train_rows), self.seed, rank, world),
+                    num_workers=self.num_workers,
+                    collate_fn=self.collate_fn(),
+                )
+            )
 
         from lightning.pytorch.utilities import rank_zero_info
 
@@ -238,12 +263,20 @@ class SafetyDataModule(L.LightningDataModule):
         planned = self.rows_per_step is not None or self.tokens_per_step is not None
         if planned and accumulate not in (1, getattr(self, "_accumulation_set", 1)):
             raise UserError(
-                f"trainer.accumulate_grad_batches={accumulate} conflicts with data.rows_per_step/tokens_per_step, which "
-                "set it from the token budget; leave it at 1."
+                f"trainer.accumulate_grad_batches={accumulate} conflicts with data.rows_per_step/tokens_per_step, "
+                "which set it from the token budget; leave it at 1."
             )
         loader = token_budget_loader(
-            self.train_rows, self.pad_id, self.max_tokens_per_batch, accumulate, self.rows_per_step,
-            self.tokens_per_step, self.seed, rank, world, self.num_workers,
+            self.train_rows,
+            self.pad_id,
+            self.max_tokens_per_batch,
+            accumulate,
+            self.rows_per_step,
+            self.tokens_per_step,
+            self.seed,
+            rank,
+            world,
+            self.num_workers,
         )
         if planned and trainer is not None:
             # read after this call by Lightning's loop and by estimated_stepping_batches (the LR schedule)

@@ -127,11 +127,16 @@ def load_responses(source: str, limit: int | None = None, seed: int = 0, split: 
     unclosed = [r for r in rows if OPEN in r.response and CLOSE not in r.response]
     if unclosed:
         rows = [r for r in rows if not (OPEN in r.response and CLOSE not in r.response)]
-        print(f"thinksafe: data.responses: dropped {len(unclosed)} of {len(records)} rows of {source} whose think "
-              f"block never closes (cut reasoning traces; the first at {unclosed[0].where}).", file=sys.stderr)
+        print(
+            f"thinksafe: data.responses: dropped {len(unclosed)} of {len(records)} rows of {source} whose think "
+            f"block never closes (cut reasoning traces; the first at {unclosed[0].where}).",
+            file=sys.stderr,
+        )
         if not rows:
-            raise UserError(f"data.responses: every row of {source} opens a think block it never closes (the first at "
-                            f"{unclosed[0].where}); there is nothing to train on.")
+            raise UserError(
+                f"data.responses: every row of {source} opens a think block it never closes (the first at "
+                f"{unclosed[0].where}); there is nothing to train on."
+            )
     if limit is not None and limit < len(rows):
         keep = sorted(random.Random(seed).sample(range(len(rows)), limit))
         rows = [rows[i] for i in keep]
