@@ -140,3 +140,20 @@ def test_eval_defaults_come_from_the_recipe_and_flags_override(tmp_path):
 def test_eval_without_model_exits_2(tmp_path, capsys):
     rc, _, err = run(capsys, "eval", "--benchmarks", "gsm8k", "--output", str(tmp_path))
     assert rc == 2 and "no model" in one_paragraph(err)
+
+
+def test_a_recipe_may_name_its_lightning_module(tmp_path, capsys):
+    import yaml
+
+    recipe = yaml.safe_load(Path(DEBUG).read_text())
+    recipe["model"] = {"class_path": "thinksafe.model.module.ThinkSafeModule", "init_args": recipe["model"]}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--recipe", str(path), "--model.lr=0.5", "--print_config"])
+    assert e.value.code == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["model"]["class_path"].endswith("ThinkSafeModule") and cfg["model"]["init_args"]["lr"] == 0.5
+    path.write_text(yaml.safe_dump({**recipe, "model": {"class_path": "torch.nn.Linear", "init_args": {}}}))
+    rc, _, err = run(capsys, "fit", "--recipe", str(path))  # not a LightningModule
+    assert rc == 2 and "does not correspond to a subclass of LightningModule" in one_paragraph(err)

@@ -1,7 +1,7 @@
 """The LightningCLI behind ``thinksafe fit`` and ``thinksafe generate``, and reading a recipe with it.
 
-A recipe is a LightningCLI config: ``model`` (a LightningModule, :class:`ThinkSafeModule` unless the recipe
-names another with ``class_path``), ``data`` (:class:`SafetyDataModule`), ``trainer`` and ``seed_everything``.
+A recipe is a LightningCLI config: ``model`` (any LightningModule named by ``class_path``; a recipe that names
+none gives :class:`ThinkSafeModule`'s arguments), ``data`` (:class:`SafetyDataModule`), ``trainer`` and ``seed_everything``.
 The optimizer is the module's own ``configure_optimizers`` (``model.lr`` …): the weights exist only after
 ``configure_model``, so LightningCLI's ``--optimizer`` is not offered.
 """
@@ -33,10 +33,10 @@ class ThinkSafeCLI(LightningCLI):
     def __init__(self, args: list[str], run: bool = True, prog: str = "thinksafe", **kwargs: Any) -> None:
         self.prog = prog
         from thinksafe.data.datamodule import SafetyDataModule
-        from thinksafe.model.module import ThinkSafeModule
+        from lightning.pytorch import LightningModule
 
         super().__init__(
-            ThinkSafeModule,
+            LightningModule,  # any LightningModule by class_path; ThinkSafeModule when the recipe names none
             SafetyDataModule,
             subclass_mode_model=True,  # a recipe may name another LightningModule with class_path
             auto_configure_optimizers=False,
