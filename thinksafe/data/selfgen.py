@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from thinksafe.data.hf_card import CARD_FILE, TRAIN_FILE, write_hf_dataset
 from thinksafe.data.jsonl_log import JsonlLog, read_jsonl
 from thinksafe.data.prompts import PromptRow
 from thinksafe.errors import UserError
@@ -35,7 +36,7 @@ from thinksafe.sampling.base import Sampler, SamplingConfig
 from thinksafe.sampling.formats import FormatOption, check_response, resolve_format, restore_response
 from thinksafe.sampling.steering import steer
 
-ARTIFACT_FILES = ("manifest.json", "sampled.jsonl", "samples.jsonl", "stats.json")
+ARTIFACT_FILES = ("manifest.json", "sampled.jsonl", "samples.jsonl", "stats.json", TRAIN_FILE, CARD_FILE, "vllm.log")
 #: Below this share of kept harmful samples the run is reported as data-starved (the paper's term).
 STARVED_BELOW = 0.1
 
@@ -182,6 +183,8 @@ def build_selfgen(
     finished, resumed = _prepare_dir(out, fp, overwrite)
     if finished:
         stats = _verify_finished(out)
+        if not (out / CARD_FILE).is_file():  # a set finished before thinksafe wrote dataset cards
+            write_hf_dataset(out, read_jsonl(out / "samples.jsonl"), stats)
         console.print(f"[bold]{out}[/] is complete for these settings; reusing it.")
         print_stats(stats, console)
         return SelfGenResult(out, stats, resumed=True, reused=True)
@@ -220,6 +223,7 @@ def build_selfgen(
     stats = compute_stats(samples, prompts, n)
     stats["seconds"] = round(time.time() - t0, 1)
     stats["guard"] = guard_record(guard)
+    write_hf_dataset(out, samples, stats)  # before stats.json: a finished set always has its card
     write_json_atomic(out / "stats.json", stats)
     print_stats(stats, console)
     return SelfGenResult(out, stats, resumed=resumed, reused=False)
