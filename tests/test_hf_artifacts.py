@@ -72,3 +72,45 @@ def test_dataset_card_metadata(selfgen_set):
     assert meta["license"] and meta["license_name"]
     assert [c["config_name"] for c in meta["configs"]] == ["default", "samples", "sampled", "stats", "manifest"]
     assert "## Acceptance per label" in text
+
+
+def test_saved_adapter_loads_with_auto_peft_from_another_directory(tiny_qwen3, tmp_path, monkeypatch):
+    import torch
+    from peft import AutoPeftModelForCausalLM
+
+    from thinksafe.model.module import ThinkSafeModule
+
+    # the base model named relative to the working directory, as recipes name data/tiny-qwen3
+    monkeypatch.chdir(tiny_qwen3.parent)
+    module = ThinkSafeModule(tiny_qwen3.name)
+    module.configure_model()
+    with torch.no_grad():  # a LoRA B of zeros is the identity: make the adapter change the model
+        for name, p in module.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    adapter = module.save_trained(tmp_path / "adapter")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_qwen3.resolve())
+    card = (adapter / "README.md").read_text()
+    assert "base_model" not in yaml.safe_load(card.split("---\n")[1])  # a local path is not a hub id
+    assert str(tiny_qwen3.resolve()) in card and "AutoPeftModelForCausalLM" in card
+    assert "lora" in card.lower() and '"r": 32' in card
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    loaded = AutoPeftModelForCausalLM.from_pretrained(str(adapter))
+    ids = torch.tensor([[1, 2, 3, 4]])
+    module.model.eval()  # no LoRA dropout
+    with torch.no_grad():
+        want = module.model(input_ids=ids).logits
+        got = loaded(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_hub_base_model_is_kept_as_its_id(tmp_path):
+    from thinksafe.model.model_card import fix_base_model
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "Qwen/Qwen3-0.6B"}))
+    assert fix_base_model(tmp_path, "Qwen/Qwen3-0.6B") == "Qwen/Qwen3-0.6B"
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["base_model_name_or_path"] == "Qwen/Qwen3-0.6B"

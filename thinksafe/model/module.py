@@ -422,3 +422,5 @@ class ThinkSafeModule(LightningModule):
 
     def on_train_end(self) -> None:
         self.save_trained(Path(self.trainer.log_dir or self.trainer.default_root_dir) / "adapter")
+            from thinksafe.model.model_card import write_model_card
+                write_model_card(tmp, self)  # portable base_model_name_or_path and a model card (E9)
