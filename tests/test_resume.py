@@ -214,3 +214,34 @@ def test_a_checkpoint_from_other_data_settings_is_refused():
     b = ResumableLoader(list(range(12)), batch_size=2, sampler=RowShuffleSampler(12, seed=1))
     with pytest.raises(UserError, match="other training rows or batching"):
         b.load_state_dict(a.state_dict())
+
+
+@pytest.mark.slow
+def test_disk_full_while_checkpointing_exits_2_and_resumes_once_space_is_freed(tiny_qwen3, tmp_path):
+    """Checkpoints go to a real tmpfs with room for one checkpoint but not for a second beside it (a new one is
+    written before the old is replaced): the second save fails with exit 2 and one paragraph, the first stays
+    whole; once the file system is grown the run resumes from it and ends with the uninterrupted adapter."""
+    recipe = write_recipe(tmp_path, str(tiny_qwen3), "fixed")
+    straight = fit(recipe, tmp_path / "straight", tmp_path / "straight.log")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    size = (tmp_path / "straight" / "checkpoints" / "last.ckpt").stat().st_size
+    run = tmp_path / "run"
+    disk = run / "checkpoints"
+    disk.mkdir(parents=True)
+    pages = -(-int(size * 1.5) // 4096)
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={pages * 4096}", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        full = fit(recipe, run, tmp_path / "full.log")
+        assert full.returncode == 2, full.stderr[-3000:]
+        assert "the disk is full" in full.stderr and "Traceback" not in full.stderr
+        assert checkpoint_step(run) == 3, "the checkpoint before the failed one is whole"
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        resumed = fit(recipe, run, tmp_path / "resumed.log", "--ckpt_path", "last")
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        want, got = adapter(tmp_path / "straight"), adapter(run)
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], atol=1e-6, rtol=0, msg=name)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
