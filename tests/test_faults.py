@@ -54,31 +54,47 @@ def test_responses_with_an_unclosed_think_block_are_dropped_and_counted(tmp_path
     from thinksafe.data.responses import load_responses
 
     path = tmp_path / "responses.jsonl"
-    rows = [("a", "<think>\nfine\n</think>\n\nAnswer."), ("b", "<think>\ncut short in the midd"),
-            ("c", "No reasoning at all.")]
-    path.write_text("".join(json.dumps({"instruction": p, "response": r, "label": "vanilla_benign"}) + "\n"
-                            for p, r in rows))
+    rows = [
+        ("a", "<think>\nfine\n</think>\n\nAnswer."),
+        ("b", "<think>\ncut short in the midd"),
+        ("c", "No reasoning at all."),
+    ]
+    path.write_text(
+        "".join(json.dumps({"instruction": p, "response": r, "label": "vanilla_benign"}) + "\n" for p, r in rows)
+    )
     kept = load_responses(str(path))
     assert [r.prompt for r in kept] == ["a", "c"]
     err = capsys.readouterr().err
     assert "dropped 1 of 3 rows" in err and f"{path}:2" in err
-    path.write_text(json.dumps({"instruction": "b", "response": "<think>\nnever closed", "label": "vanilla_benign"}) + "\n")
+    path.write_text(
+        json.dumps({"instruction": "b", "response": "<think>\nnever closed", "label": "vanilla_benign"}) + "\n"
+    )
     with pytest.raises(UserError, match="never closes.*nothing to train on"):
         load_responses(str(path))
 
 
-@pytest.mark.parametrize("name,content,expected", [
-    ("wrong_columns.csv", "foo,bar\n1,2\n", "need the column"),
-    ("empty.jsonl", "", "the file is empty"),
-    ("one_row.jsonl", '{"path": "elsewhere.jsonl"}\n', "missing field 'instruction'"),  # was read as PromptSource
-])
+@pytest.mark.parametrize(
+    "name,content,expected",
+    [
+        ("wrong_columns.csv", "foo,bar\n1,2\n", "need the column"),
+        ("empty.jsonl", "", "the file is empty"),
+        ("one_row.jsonl", '{"path": "elsewhere.jsonl"}\n', "missing field 'instruction'"),  # was read as PromptSource
+    ],
+)
 def test_prompts_option_is_a_file_name_never_its_content(tmp_path, capsys, name, content, expected):
     """jsonargparse read a path option whose type holds a dataclass as a sub-config: the CSV's text was taken for
     a file name, an empty file for "not set"; now the error names the file."""
     path = tmp_path / name
     path.write_text(content)
-    rc = main(["generate", "--recipe", "recipes/debug.yaml", f"--data.prompts={path}",
-               f"--data.output_dir={tmp_path / 'out'}"])
+    rc = main(
+        [
+            "generate",
+            "--recipe",
+            "recipes/debug.yaml",
+            f"--data.prompts={path}",
+            f"--data.output_dir={tmp_path / 'out'}",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and str(path) in err and expected in err, err
     assert "foo,bar" not in err and "not set" not in err

@@ -23,7 +23,7 @@ def test_recover_drops_torn_line_and_partial_group(tmp_path):
     assert [(r["g"], r["i"]) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     # the file itself was repaired, so appending continues cleanly
     log.append([{"g": 2, "i": 0}, {"g": 2, "i": 1}])
-    lines = [json.loads(l) for l in log.path.read_text().splitlines()]
+    lines = [json.loads(line) for line in log.path.read_text().splitlines()]
     assert [(r["g"], r["i"]) for r in lines] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
 
 
@@ -66,8 +66,13 @@ def small_disk(tmp_path):
     """A real 64 KiB file system (tmpfs), so that writes really fail with ENOSPC; needs root (skipped otherwise)."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("mounting a small tmpfs needs root")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)

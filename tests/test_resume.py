@@ -46,22 +46,48 @@ def write_responses(path: Path, n: int = 20) -> Path:
     with path.open("w") as f:
         for i in range(n):
             reasoning = "First compute the sum. " * (1 + (i * 7) % 11)
-            f.write(json.dumps({"instruction": f"How do I bake bread {i}?", "label": labels[i % 4],
-                                "response": f"<think>\n{reasoning}\n</think>\n\nBake it {i}."}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "instruction": f"How do I bake bread {i}?",
+                        "label": labels[i % 4],
+                        "response": f"<think>\n{reasoning}\n</think>\n\nBake it {i}.",
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
 def write_recipe(tmp: Path, model: str, batching: str) -> Path:
-    data = (dict(max_tokens_per_batch=160, rows_per_step=6) if batching == "budget" else dict(batch_size=3))
+    data = dict(max_tokens_per_batch=160, rows_per_step=6) if batching == "budget" else dict(batch_size=3)
     recipe = {
         "seed_everything": 0,
-        "model": {"name_or_path": model, "lr": 3e-3, "warmup_ratio": 0.1, "kl_weight": 0.0,
-                  "adapter": {"class_path": "thinksafe.model.adapters.LoRA",
-                              "init_args": {"r": 4, "alpha": 8, "dropout": 0.1}}},
-        "data": {"responses": str(write_responses(tmp / "responses.jsonl")), "max_length": 160,
-                 "in_distribution_rows": 0, "seed": 3, **data},
-        "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 3, "logger": False,
-                    "enable_progress_bar": False, "enable_model_summary": False},
+        "model": {
+            "name_or_path": model,
+            "lr": 3e-3,
+            "warmup_ratio": 0.1,
+            "kl_weight": 0.0,
+            "adapter": {
+                "class_path": "thinksafe.model.adapters.LoRA",
+                "init_args": {"r": 4, "alpha": 8, "dropout": 0.1},
+            },
+        },
+        "data": {
+            "responses": str(write_responses(tmp / "responses.jsonl")),
+            "max_length": 160,
+            "in_distribution_rows": 0,
+            "seed": 3,
+            **data,
+        },
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_epochs": 3,
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+        },
     }
     path = tmp / "recipe.yaml"
     path.write_text(json.dumps(recipe))
@@ -69,16 +95,36 @@ def write_recipe(tmp: Path, model: str, batching: str) -> Path:
 
 
 def fit(recipe: Path, run_dir: Path, log: Path, *extra: str, stop_at: int = -1, signum: int = 9, every: int = 3):
-    callbacks = json.dumps([
-        {"class_path": "thinksafe.model.checkpoints.ResumableCheckpoint",
-         "init_args": {"dirpath": str(run_dir / "checkpoints"), "every_n_train_steps": every}},
-        {"class_path": "test_resume.StepLog", "init_args": {"path": str(log), "stop_at": stop_at, "signum": signum}},
-    ])
+    callbacks = json.dumps(
+        [
+            {
+                "class_path": "thinksafe.model.checkpoints.ResumableCheckpoint",
+                "init_args": {"dirpath": str(run_dir / "checkpoints"), "every_n_train_steps": every},
+            },
+            {
+                "class_path": "test_resume.StepLog",
+                "init_args": {"path": str(log), "stop_at": stop_at, "signum": signum},
+            },
+        ]
+    )
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     return subprocess.run(
-        [sys.executable, "-m", "thinksafe.cli", "fit", "--config", str(recipe), f"--trainer.callbacks={callbacks}",
-         f"--trainer.default_root_dir={run_dir}", *extra],
-        capture_output=True, text=True, timeout=600, cwd=ROOT, env=env,
+        [
+            sys.executable,
+            "-m",
+            "thinksafe.cli",
+            "fit",
+            "--config",
+            str(recipe),
+            f"--trainer.callbacks={callbacks}",
+            f"--trainer.default_root_dir={run_dir}",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env=env,
     )
 
 
@@ -180,8 +226,10 @@ def test_loader_state_resumes_mid_epoch_with_the_next_batch(kind):
 
     def loader():
         if kind == "fixed":
-            return ResumableLoader(rows, batch_size=4, sampler=RowShuffleSampler(40, seed=1),
-                                   collate_fn=lambda b: tuple(b))
+            return ResumableLoader(
+                rows, batch_size=4, sampler=RowShuffleSampler(40, seed=1), collate_fn=lambda b: tuple(b)
+            )
+
         class ByMicroBatch(list):
             def __getitem__(self, mb):
                 return mb.rows
@@ -229,8 +277,13 @@ def test_disk_full_while_checkpointing_exits_2_and_resumes_once_space_is_freed(t
     disk = run / "checkpoints"
     disk.mkdir(parents=True)
     pages = -(-int(size * 1.5) // 4096)
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={pages * 4096}", "tmpfs", str(disk)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={pages * 4096}", "tmpfs", str(disk)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("mounting a small tmpfs needs root")
     try:
         full = fit(recipe, run, tmp_path / "full.log")

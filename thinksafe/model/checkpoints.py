@@ -47,8 +47,13 @@ class ResumableCheckpoint(ModelCheckpoint):
     def __init__(self, dirpath: str, every_n_train_steps: int = 50, save_top_k: int = 0, filename: str | None = None):
         if every_n_train_steps < 0:
             raise UserError(f"ResumableCheckpoint.every_n_train_steps must be ≥ 0, got {every_n_train_steps}.")
-        super().__init__(dirpath=dirpath, filename=filename, save_last=True, save_top_k=save_top_k,
-                         every_n_train_steps=every_n_train_steps or None)
+        super().__init__(
+            dirpath=dirpath,
+            filename=filename,
+            save_last=True,
+            save_top_k=save_top_k,
+            every_n_train_steps=every_n_train_steps or None,
+        )
         self._signal: int | None = None
         self._previous_handlers: dict[int, Any] = {}
         self._rng_to_restore: dict[str, Any] | None = None
@@ -108,12 +113,19 @@ class ResumableCheckpoint(ModelCheckpoint):
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._signal is not None:
-            print(f"thinksafe: {signal.Signals(signum).name} again: stopping now, without a checkpoint.",
-                  file=sys.stderr, flush=True)
+            print(
+                f"thinksafe: {signal.Signals(signum).name} again: stopping now, without a checkpoint.",
+                file=sys.stderr,
+                flush=True,
+            )
             raise SystemExit(128 + signum)
         self._signal = signum
-        print(f"thinksafe: {signal.Signals(signum).name} received: finishing the current optimizer step, then "
-              "writing a checkpoint (send it again to stop at once, without one).", file=sys.stderr, flush=True)
+        print(
+            f"thinksafe: {signal.Signals(signum).name} received: finishing the current optimizer step, then "
+            "writing a checkpoint (send it again to stop at once, without one).",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
@@ -135,7 +147,8 @@ class ResumableCheckpoint(ModelCheckpoint):
                 f"thinksafe: stopped by {signal.Signals(signum).name} after optimizer step {trainer.global_step}; "
                 f"checkpoint written to {self.last_model_path}. To continue exactly where it stopped, run the same "
                 "command again with --ckpt_path last (same recipe and options).",
-                file=sys.stderr, flush=True,
+                file=sys.stderr,
+                flush=True,
             )
         raise SystemExit(128 + signum)
 

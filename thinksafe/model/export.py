@@ -25,7 +25,11 @@ def _declared_dtype(name_or_path: str):
 
 
 def export_merged(
-    adapter_dir: str | Path, output_dir: str | Path, base: str | None = None, dtype: str = "auto", overwrite: bool = False
+    adapter_dir: str | Path,
+    output_dir: str | Path,
+    base: str | None = None,
+    dtype: str = "auto",
+    overwrite: bool = False,
 ) -> Path:
     """Merge the LoRA adapter in ``adapter_dir`` into its base model and write model + tokenizer to ``output_dir``.
 

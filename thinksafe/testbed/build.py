@@ -117,14 +117,22 @@ def model_key(settings: dict[str, Any], corpus: list[dict]) -> str:
 
 
 def _settings(seed, corpus, selfgen, heldout, shape, pretraining) -> dict[str, Any]:
-    return dict(build_version=BUILD_VERSION, seed=seed, corpus=asdict(corpus), selfgen=asdict(selfgen),
-                heldout=asdict(heldout), shape=asdict(shape), pretraining=asdict(pretraining))
+    return dict(
+        build_version=BUILD_VERSION,
+        seed=seed,
+        corpus=asdict(corpus),
+        selfgen=asdict(selfgen),
+        heldout=asdict(heldout),
+        shape=asdict(shape),
+        pretraining=asdict(pretraining),
+    )
 
 
 def _model_intact(root: Path, manifest: dict[str, Any]) -> bool:
     recorded = {k: v for k, v in manifest.get("files", {}).items() if k.startswith(f"{MODEL_DIR}/")}
     return (root / MODEL_DIR).is_dir() and recorded == {
-        f"{MODEL_DIR}/{k}": v for k, v in _tree_hashes(root / MODEL_DIR).items()}
+        f"{MODEL_DIR}/{k}": v for k, v in _tree_hashes(root / MODEL_DIR).items()
+    }
 
 
 def _intact(root: Path, manifest: dict[str, Any]) -> bool:
@@ -147,8 +155,10 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     except ValueError:
         manifest = None
     if not isinstance(manifest, dict):
-        raise UserError(f"testbed: {path} is damaged (not a JSON object), so what the testbed was built from is "
-                        f"unknown. Rebuild it: `thinksafe testbed build --output_dir {path.parent} --force true`.")
+        raise UserError(
+            f"testbed: {path} is damaged (not a JSON object), so what the testbed was built from is "
+            f"unknown. Rebuild it: `thinksafe testbed build --output_dir {path.parent} --force true`."
+        )
     return manifest
 
 
@@ -200,22 +210,32 @@ def build_testbed(
             console.print(f"testbed [bold]{out}[/] is built for these settings; reusing it.")
             return Testbed(out, old, reused=True)
         if not force:
-            why = "was built with other settings" if old.get("fingerprint") != fp else "has files that changed since it was built"
+            why = (
+                "was built with other settings"
+                if old.get("fingerprint") != fp
+                else "has files that changed since it was built"
+            )
             raise UserError(
                 f"testbed: {out} {why} (see {manifest_path}). Pass --force true to rebuild it there, or choose "
                 "another --output_dir; nothing was changed."
             )
     elif out.is_dir() and any(p.name != "README.md" for p in out.iterdir()) and not force:
-        raise UserError(f"testbed: {out} is not empty and holds no manifest.json, so it is not a testbed directory. "
-                        "Choose an empty or new --output_dir (or pass --force true); nothing was changed.")
+        raise UserError(
+            f"testbed: {out} is not empty and holds no manifest.json, so it is not a testbed directory. "
+            "Choose an empty or new --output_dir (or pass --force true); nothing was changed."
+        )
 
     keep_model = old.get("model_key") == key and _model_intact(out, old)
     if keep_model:
-        console.print(f"building the testbed's data sets in [bold]{out}[/]; its model was pretrained with these "
-                      "settings and is kept")
+        console.print(
+            f"building the testbed's data sets in [bold]{out}[/]; its model was pretrained with these "
+            "settings and is kept"
+        )
     else:
-        console.print(f"building the testbed in [bold]{out}[/] (seed {seed}): {len(data.corpus)} corpus rows, "
-                      f"{pretraining.steps} pretraining steps on {pretraining.threads} thread(s)")
+        console.print(
+            f"building the testbed in [bold]{out}[/] (seed {seed}): {len(data.corpus)} corpus rows, "
+            f"{pretraining.steps} pretraining steps on {pretraining.threads} thread(s)"
+        )
     manifest_path.unlink(missing_ok=True)  # an interrupted rebuild must not pass for a finished one
     for name, rows in data.files.items():
         path = out / DATA_FILES[name]
@@ -235,13 +255,18 @@ def build_testbed(
         fingerprint=fp,
         model_key=key,
         settings=settings,
-        synthetic=("A synthetic world built to demonstrate the ThinkSafe mechanism; the model and its behaviour "
-                   "are constructed, and nothing measured here is a claim about real models."),
-        files={**{f: _sha((out / f).read_bytes()) for f in DATA_FILES.values()},
-               **{f"{MODEL_DIR}/{k}": v for k, v in _tree_hashes(out / MODEL_DIR).items()}},
+        synthetic=(
+            "A synthetic world built to demonstrate the ThinkSafe mechanism; the model and its behaviour "
+            "are constructed, and nothing measured here is a claim about real models."
+        ),
+        files={
+            **{f: _sha((out / f).read_bytes()) for f in DATA_FILES.values()},
+            **{f"{MODEL_DIR}/{k}": v for k, v in _tree_hashes(out / MODEL_DIR).items()},
+        },
         counts={name: len(rows) for name, rows in data.files.items()} | {"corpus": len(data.corpus)},
-        pretraining_loss=old.get("pretraining_loss") if keep_model else {"first_50": _mean(losses[:50]),
-                                                                         "last_50": _mean(losses[-50:])},
+        pretraining_loss=old.get("pretraining_loss")
+        if keep_model
+        else {"first_50": _mean(losses[:50]), "last_50": _mean(losses[-50:])},
         pretraining_seconds=round(seconds, 1),
         check=check,
         build_seconds=round(time.time() - started, 1),
@@ -254,8 +279,9 @@ def build_testbed(
     return Testbed(out, manifest)
 
 
-def _build_model(model_dir: Path, corpus: list[dict], seed: int, shape: ModelShape, cfg: PretrainConfig,
-                 console) -> tuple[list[float], float]:
+def _build_model(
+    model_dir: Path, corpus: list[dict], seed: int, shape: ModelShape, cfg: PretrainConfig, console
+) -> tuple[list[float], float]:
     from thinksafe.testbed.pretrain import encode_rows, new_model, pretrain, save, train_tokenizer
 
     t0 = time.time()
@@ -298,8 +324,10 @@ def load_testbed(output_dir: str = "data/testbed") -> Testbed:
     root = Path(output_dir)
     manifest = root / "manifest.json"
     if not manifest.is_file():
-        raise UserError(f"testbed: {root} holds no built testbed (no manifest.json). Run `thinksafe testbed build "
-                        f"--output_dir {root}` first.")
+        raise UserError(
+            f"testbed: {root} holds no built testbed (no manifest.json). Run `thinksafe testbed build "
+            f"--output_dir {root}` first."
+        )
     recorded = _read_manifest(manifest)
     changed = changed_files(root, recorded)
     if changed:
