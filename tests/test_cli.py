@@ -15,8 +15,9 @@ RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 
 
 def thinksafe(*args, cwd=ROOT, timeout=600):
-    return subprocess.run([sys.executable, "-m", "thinksafe.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "thinksafe.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
@@ -31,8 +32,14 @@ def test_every_recipe_parses_and_starts_with_its_command(recipe):
 
 
 def test_overrides_are_honoured():
-    out = thinksafe("fit", "--recipe=recipes/debug.yaml", "--trainer.max_steps=20", "--model.adapter.r=16",
-                    "--data.sampling.n=3", "--print_config")
+    out = thinksafe(
+        "fit",
+        "--recipe=recipes/debug.yaml",
+        "--trainer.max_steps=20",
+        "--model.adapter.r=16",
+        "--data.sampling.n=3",
+        "--print_config",
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     cfg = yaml.safe_load(out.stdout)
     assert cfg["trainer"]["max_steps"] == 20
@@ -86,19 +93,37 @@ def test_score_command_rescores_saved_responses(tmp_path, benchmark_dir):
     import json as _json
 
     gsm = benchmark_dir / "gsm8k" / "test.jsonl"
-    items = [_json.loads(l) for l in gsm.read_text().splitlines()[:3]]
+    items = [_json.loads(line) for line in gsm.read_text().splitlines()[:3]]
     answers = [it["answer"].split("####")[-1].strip() for it in items]
     saved = tmp_path / "saved.jsonl"
-    saved.write_text("".join(
-        _json.dumps({"prompt": it["question"], "response": f"<think>\nwork\n</think>\n\nThe answer is {a if i < 2 else '-1'}."}) + "\n"
-        for i, (it, a) in enumerate(zip(items, answers))
-    ))
-    res = thinksafe("score", "--benchmark", "gsm8k", "--data", str(gsm), "--responses", str(saved), "--output", str(tmp_path / "out"))
+    saved.write_text(
+        "".join(
+            _json.dumps(
+                {
+                    "prompt": it["question"],
+                    "response": f"<think>\nwork\n</think>\n\nThe answer is {a if i < 2 else '-1'}.",
+                }
+            )
+            + "\n"
+            for i, (it, a) in enumerate(zip(items, answers))
+        )
+    )
+    res = thinksafe(
+        "score",
+        "--benchmark",
+        "gsm8k",
+        "--data",
+        str(gsm),
+        "--responses",
+        str(saved),
+        "--output",
+        str(tmp_path / "out"),
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     summary = _json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["benchmark"] == "gsm8k" and summary["n"] == 3
     assert abs(summary["accuracy"] - 2 / 3) < 1e-9
-    rows = [_json.loads(l) for l in (tmp_path / "out" / "scores.jsonl").read_text().splitlines()]
+    rows = [_json.loads(line) for line in (tmp_path / "out" / "scores.jsonl").read_text().splitlines()]
     assert [r["correct"] for r in rows] == [True, True, False]
 
 
@@ -114,4 +139,6 @@ def test_testbed_compare_prints_runs_side_by_side_and_names_a_missing_one(tmp_pa
     assert "0.500 → 0.020" in row and "0.500 → 0.050" in row
     assert "self set" in res.stdout and "teacher set" in res.stdout
     res = thinksafe("testbed", "compare", "--runs", json.dumps([str(tmp_path / "self"), str(tmp_path / "none")]))
-    assert res.returncode == 2 and "none/before_after.json does not exist" in res.stderr and "Traceback" not in res.stderr
+    assert (
+        res.returncode == 2 and "none/before_after.json does not exist" in res.stderr and "Traceback" not in res.stderr
+    )

@@ -20,7 +20,10 @@ def _log_to_the_captured_stderr(monkeypatch):
     import logging
     import sys
 
-    loggers = [logging.getLogger(), *(v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger))]
+    loggers = [
+        logging.getLogger(),
+        *(v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger)),
+    ]
     for handler in {h for lg in loggers for h in lg.handlers}:
         if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
             monkeypatch.setattr(handler, "stream", sys.stderr)
@@ -56,12 +59,18 @@ def test_only_working_subcommands_and_no_optimizer_option(capsys):
     assert rc == 2 and "unknown option --optimizer" in one_paragraph(err)
 
 
-@pytest.mark.parametrize("flag, expected", [
-    ("--data.sampling.temprature=0.5", "unknown option --data.sampling.temprature. Did you mean --data.sampling.temperature?"),
-    ("--trainer.max_step=5", "Did you mean --trainer.max_steps?"),  # no silent abbreviation
-    ("--model.lrr=1", "Did you mean --model.lr?"),  # an init arg of the recipe's LightningModule
-    ("--model.adapter.rr=3", "Did you mean --model.adapter.r?"),  # an init arg two class_paths deep
-])
+@pytest.mark.parametrize(
+    "flag, expected",
+    [
+        (
+            "--data.sampling.temprature=0.5",
+            "unknown option --data.sampling.temprature. Did you mean --data.sampling.temperature?",
+        ),
+        ("--trainer.max_step=5", "Did you mean --trainer.max_steps?"),  # no silent abbreviation
+        ("--model.lrr=1", "Did you mean --model.lr?"),  # an init arg of the recipe's LightningModule
+        ("--model.adapter.rr=3", "Did you mean --model.adapter.r?"),  # an init arg two class_paths deep
+    ],
+)
 def test_unknown_option_exits_2_with_a_suggestion(flag, expected, capsys):
     rc, _, err = run(capsys, "fit", "--recipe", DEBUG, flag)
     assert rc == 2 and expected in one_paragraph(err)
@@ -75,19 +84,34 @@ def test_unknown_recipe_key_names_the_closest(tmp_path, capsys):
     assert "Did you mean --data.sampling.temperature?" in err
 
 
-@pytest.mark.parametrize("flag, expected", [
-    ("--model.adapter.r=0", "model.adapter.r must be ≥ 1, got 0."),  # thinksafe's UserError, wrapped by jsonargparse
-    ("--trainer.max_epochs=-5", "`max_epochs` must be a non-negative integer or -1"),  # Lightning's misconfiguration
-    ("--data.sampling.n=zero", '"data.sampling.n"'),  # a bad type
-])
+@pytest.mark.parametrize(
+    "flag, expected",
+    [
+        (
+            "--model.adapter.r=0",
+            "model.adapter.r must be ≥ 1, got 0.",
+        ),  # thinksafe's UserError, wrapped by jsonargparse
+        (
+            "--trainer.max_epochs=-5",
+            "`max_epochs` must be a non-negative integer or -1",
+        ),  # Lightning's misconfiguration
+        ("--data.sampling.n=zero", '"data.sampling.n"'),  # a bad type
+    ],
+)
 def test_bad_values_exit_2_in_one_paragraph(flag, expected, capsys):
     rc, _, err = run(capsys, "fit", "--recipe", DEBUG, flag)
     assert rc == 2 and expected in one_paragraph(err)
 
 
 def test_missing_checkpoint_exits_2(tmp_path, capsys):
-    rc, _, err = run(capsys, "fit", "--recipe", DEBUG, f"--trainer.default_root_dir={tmp_path}",
-                     f"--ckpt_path={tmp_path / 'none.ckpt'}")
+    rc, _, err = run(
+        capsys,
+        "fit",
+        "--recipe",
+        DEBUG,
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--ckpt_path={tmp_path / 'none.ckpt'}",
+    )
     assert rc == 2 and "none.ckpt is not a file" in one_paragraph(err)
 
 
@@ -129,9 +153,22 @@ def test_eval_defaults_come_from_the_recipe_and_flags_override(tmp_path):
     kw = opts.run_eval_kwargs
     assert kw["model"] == "data/tiny-qwen3" and kw["benchmarks"] == ["gsm8k", "xstest"]
     assert kw["reasoning_format"] == "plain"
-    assert type(kw["sampler"]).__name__ == "VLLMSampler" and kw["sampler"].engine_settings().gpu_memory_utilization == 0.1
-    opts = parse_eval_options(["--recipe", DEBUG, "--benchmarks", "[gsm8k]", "--output", str(tmp_path), "--model=other",
-                               "--reasoning_format=qwen3", "--sampler.init_args.max_model_len=2048"])
+    assert (
+        type(kw["sampler"]).__name__ == "VLLMSampler" and kw["sampler"].engine_settings().gpu_memory_utilization == 0.1
+    )
+    opts = parse_eval_options(
+        [
+            "--recipe",
+            DEBUG,
+            "--benchmarks",
+            "[gsm8k]",
+            "--output",
+            str(tmp_path),
+            "--model=other",
+            "--reasoning_format=qwen3",
+            "--sampler.init_args.max_model_len=2048",
+        ]
+    )
     kw = opts.run_eval_kwargs
     assert kw["model"] == "other" and kw["reasoning_format"] == "qwen3" and kw["benchmarks"] == ["gsm8k"]
     assert kw["sampler"].engine_settings().max_model_len == 2048

@@ -113,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dispatch(argv)
     except KeyboardInterrupt:
-        print("thinksafe: interrupted; finished chunks are kept, run the same command again to resume.", file=sys.stderr)
+        print(
+            "thinksafe: interrupted; finished chunks are kept, run the same command again to resume.", file=sys.stderr
+        )
         return 130
     except Exception as e:  # noqa: BLE001 — the one place that decides between "your error" and "our bug"
         message = user_message(e)

@@ -1,7 +1,8 @@
 """The LightningCLI behind ``thinksafe fit`` and ``thinksafe generate``, and reading a recipe with it.
 
 A recipe is a LightningCLI config: ``model`` (any LightningModule named by ``class_path``; a recipe that names
-none gives :class:`ThinkSafeModule`'s arguments), ``data`` (:class:`SafetyDataModule`), ``trainer`` and ``seed_everything``.
+none gives :class:`ThinkSafeModule`'s arguments), ``data`` (:class:`SafetyDataModule`), ``trainer`` and
+``seed_everything``.
 The optimizer is the module's own ``configure_optimizers`` (``model.lr`` …): the weights exist only after
 ``configure_model``, so LightningCLI's ``--optimizer`` is not offered.
 """
@@ -12,12 +13,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from jsonargparse import ActionConfigFile, Namespace
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from thinksafe.errors import UserError, parse_args
 
-RECIPE_HELP = "a recipe (YAML file of the settings below; recipes/*.yaml); --section.key=value flags after it override it"
+RECIPE_HELP = (
+    "a recipe (YAML file of the settings below; recipes/*.yaml); --section.key=value flags after it override it"
+)
 DEFAULT_MODULE = "thinksafe.model.module.ThinkSafeModule"
 # `thinksafe` gives LightningCLI the arguments itself and leaves sys.argv as launched, so that Lightning's DDP
 # launcher can start the other ranks with the same command line; LightningCLI warns when it sees both
@@ -32,8 +35,10 @@ def strict_parser_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 class ThinkSafeCLI(LightningCLI):
     def __init__(self, args: list[str], run: bool = True, prog: str = "thinksafe", **kwargs: Any) -> None:
         self.prog = prog
-        from thinksafe.data.datamodule import SafetyDataModule
         from lightning.pytorch import LightningModule
+
+        from thinksafe.data.datamodule import SafetyDataModule
+        from thinksafe.run_log import RecipeLogger
 
         super().__init__(
             LightningModule,  # any LightningModule by class_path; ThinkSafeModule when the recipe names none
@@ -41,6 +46,7 @@ class ThinkSafeCLI(LightningCLI):
             subclass_mode_model=True,  # a recipe may name another LightningModule with class_path
             auto_configure_optimizers=False,
             save_config_kwargs={"overwrite": True},
+            save_config_callback=RecipeLogger,  # config.yaml + the recipe as TensorBoard hparams (E9)
             args=args,
             run=run,
             **kwargs,
@@ -81,11 +87,19 @@ class ThinkSafeCLI(LightningCLI):
             from thinksafe.model.checkpoints import require_last_checkpoint
 
             require_last_checkpoint(self.trainer)
+        online = getattr(self.model, "online_data", None)
+        if online is not None:  # a method that samples while it trains (GRPO) takes the prompts, no data stage
+            self.datamodule = online(self.datamodule)
         self.datamodule.recipe = plain(self.config.fit)
         # the training set's in-distribution score under the initial model, logged when fit starts
         rows = self.datamodule.in_distribution_rows
         if rows != 0 and not any(isinstance(c, InDistributionLogger) for c in self.trainer.callbacks):
             self.trainer.callbacks.append(InDistributionLogger(limit=rows))
+        from thinksafe.cost import CostLog
+
+        if not any(isinstance(c, CostLog) for c in self.trainer.callbacks):
+            # first, so that its setup (the end of the data stage) runs before BeforeAfterEval evaluates in its own
+            self.trainer.callbacks.insert(0, CostLog())  # cost.json in every run directory
 
 
 def _paths_are_never_contents(parser) -> None:

@@ -71,9 +71,20 @@ class EvalOptions:
             benchmarks = [b.strip() for b in benchmarks.strip("[]").split(",") if b.strip()]
         self.recipe = recipe
         self.run_eval_kwargs: dict[str, Any] = dict(
-            model=model, benchmarks=benchmarks, output=output, limit=limit, sampler=sampler, sampling=sampling,
-            safety_n=safety_n, judge=judge, refusal_judge=refusal_judge, judge_sees=judge_sees, adapter=adapter,
-            reasoning_format=reasoning_format, benchmark_dir=benchmark_dir, tensorboard=tensorboard,
+            model=model,
+            benchmarks=benchmarks,
+            output=output,
+            limit=limit,
+            sampler=sampler,
+            sampling=sampling,
+            safety_n=safety_n,
+            judge=judge,
+            refusal_judge=refusal_judge,
+            judge_sees=judge_sees,
+            adapter=adapter,
+            reasoning_format=reasoning_format,
+            benchmark_dir=benchmark_dir,
+            tensorboard=tensorboard,
         )
 
     def run(self):
@@ -98,9 +109,15 @@ def recipe_defaults(recipe: str) -> dict[str, Any]:
 def eval_parser() -> ArgumentParser:
     parser = ArgumentParser(**strict_parser_kwargs(dict(prog=PROG, description=EvalOptions.__doc__)))
     parser.add_class_arguments(EvalOptions, skip={"recipe"})
-    parser.add_argument("--recipe", type=str | None, default=None, help=(
-        "a training recipe (recipes/*.yaml): its model.name_or_path, data.sampler and data.reasoning_format are "
-        "the defaults of --model, --sampler and --reasoning_format"))
+    parser.add_argument(
+        "--recipe",
+        type=str | None,
+        default=None,
+        help=(
+            "a training recipe (recipes/*.yaml): its model.name_or_path, data.sampler and data.reasoning_format are "
+            "the defaults of --model, --sampler and --reasoning_format"
+        ),
+    )
     return parser
 
 

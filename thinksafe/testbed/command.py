@@ -1,8 +1,8 @@
 """``thinksafe testbed build|check``: the arguments are the signatures of the functions they run.
 
-    thinksafe testbed build [--output_dir data/testbed] [--seed 0] [--pretraining.steps N] [--force true] …
-    thinksafe testbed check [--output_dir data/testbed] [--n 40]
-    thinksafe testbed compare [--runs [lightning_logs/quickstart, lightning_logs/quickstart-teacher]]
+thinksafe testbed build [--output_dir data/testbed] [--seed 0] [--pretraining.steps N] [--force true] …
+thinksafe testbed check [--output_dir data/testbed] [--n 40]
+thinksafe testbed compare [--runs [lightning_logs/quickstart, lightning_logs/quickstart-teacher]]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def check_testbed(output_dir: str = "data/testbed", n: int = 40) -> dict[str, fl
     return rates
 
 
-def compare_runs(runs: list[str] = ["lightning_logs/quickstart", "lightning_logs/quickstart-teacher"]) -> dict:
+def compare_runs(runs: list[str] = ["lightning_logs/quickstart", "lightning_logs/quickstart-teacher"]) -> dict:  # noqa: B006 (shown in --help; never mutated)
     """Print the before/after tables of several runs side by side (self-generation against teacher distillation).
 
     Args:
@@ -43,8 +43,10 @@ def compare_runs(runs: list[str] = ["lightning_logs/quickstart", "lightning_logs
     for run in runs:
         path = Path(run) / "before_after.json"
         if not path.is_file():
-            raise UserError(f"testbed compare: {path} does not exist; run the recipe that writes it first "
-                            "(`make quickstart` runs both quickstart recipes).")
+            raise UserError(
+                f"testbed compare: {path} does not exist; run the recipe that writes it first "
+                "(`make quickstart` runs both quickstart recipes)."
+            )
         reports[run] = json.loads(path.read_text())
     metrics = [m for m in next(iter(reports.values())) if m != "details"]
     table = Table(title="before → after, per training set")
@@ -69,7 +71,9 @@ def main(argv: list[str]) -> None:
 
     commands = {"build": build_testbed, "check": check_testbed, "compare": compare_runs}
     kwargs = strict_parser_kwargs({"prog": "thinksafe testbed"})
-    parse_args(auto_parser(commands, **kwargs), argv, "thinksafe testbed")  # a user error is explained before anything runs
+    parse_args(
+        auto_parser(commands, **kwargs), argv, "thinksafe testbed"
+    )  # a user error is explained before anything runs
     result = auto_cli(commands, args=argv, **kwargs)
     if hasattr(result, "root"):
         print(result.root)
