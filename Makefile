@@ -9,7 +9,7 @@ FLAVOUR := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP := $(VENV)/.thinksafe-$(FLAVOUR)-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 TINY := data/tiny-qwen3
 
-.PHONY: setup lint test test-fast quickstart quickstart-teacher testbed tiny clean
+.PHONY: setup lint test test-fast quickstart quickstart-teacher quickstart-grpo testbed tiny clean
 
 setup: $(STAMP) $(TINY)/thinksafe_tiny.json
 
@@ -52,6 +52,12 @@ quickstart-teacher: lightning_logs/quickstart/before_after.json
 	$(BIN)/thinksafe fit --recipe recipes/quickstart-teacher.yaml
 	$(BIN)/thinksafe testbed compare
 
+# The paper's GRPO baseline from the same model and prompts, then GRPO vs ThinkSafe with each run's cost.json
+# (runs the quickstart first if its result is missing).
+quickstart-grpo: lightning_logs/quickstart/before_after.json
+	$(BIN)/thinksafe fit --recipe recipes/quickstart-grpo.yaml
+	$(BIN)/thinksafe testbed compare --runs '[lightning_logs/quickstart, lightning_logs/quickstart-grpo]'
+
 lightning_logs/quickstart/before_after.json: | testbed
 	$(BIN)/thinksafe fit --recipe recipes/quickstart.yaml
 
@@ -60,4 +66,4 @@ testbed: setup
 	$(BIN)/thinksafe testbed build
 
 clean:
-	rm -rf runs lightning_logs/version_* lightning_logs/quickstart lightning_logs/quickstart-teacher $(TINY)
+	rm -rf runs lightning_logs/version_* lightning_logs/quickstart lightning_logs/quickstart-teacher lightning_logs/quickstart-grpo $(TINY)

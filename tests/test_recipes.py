@@ -92,7 +92,8 @@ def test_every_recipe_names_its_guard_and_uses_public_class_paths():
         paths = [
             data.get("guard", {}).get("class_path"),
             data.get("sampler", {}).get("class_path"),
-            r["model"]["adapter"]["class_path"],
+            r["model"].get("class_path"),
+            (r["model"].get("init_args") or r["model"])["adapter"]["class_path"],
             *[c["class_path"] for c in (r.get("trainer") or {}).get("callbacks") or []],
         ]
         for class_path in filter(None, paths):

@@ -131,6 +131,8 @@ class BeforeAfterEval(Callback):
         from thinksafe.metrics.in_distribution import InDistributionLogger
 
         # an InDistributionLogger of the trainer's own scores the initial model anyway; else this one does
+        if not hasattr(trainer.datamodule, "training_rows"):
+            return  # no fixed training set (GRPO samples its own): no in-distribution score
         own = [c for c in trainer.callbacks if isinstance(c, InDistributionLogger)]
         self._in_distribution = own[0] if own else InDistributionLogger(self.in_distribution_limit)
         if not own:

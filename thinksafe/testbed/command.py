@@ -59,6 +59,10 @@ def compare_runs(runs: list[str] = ["lightning_logs/quickstart", "lightning_logs
             b, a = (report.get(m) or {}).get("before"), (report.get(m) or {}).get("after")
             cells.append("–" if b is None or a is None else f"{b:.3f} → {a:.3f}")
         table.add_row(m, *cells)
+    # what each run cost (thinksafe.cost.CostLog's cost.json beside before_after.json; – where absent)
+    costs = {run: json.loads(p.read_text()) if (p := Path(run) / "cost.json").is_file() else {} for run in runs}
+    for key in ("generated_tokens", "trained_tokens", "guard_calls", "seconds"):
+        table.add_row(f"cost: {key}", *["–" if costs[run].get(key) is None else f"{costs[run][key]:,}" for run in runs])
     Console().print(table)
     return reports
 
