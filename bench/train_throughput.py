@@ -388,7 +388,8 @@ def main(argv: list[str] | None = None) -> dict:
                                  attn_implementation="sdpa", kl_weight=1.0 if args.head_loss else 0.0,
                                  kl_mode="add")
         module.configure_model()
-    module.to(args.device).train()
+    # as the bf16-true precision plugin casts it (trainable weights stay float32 where thinksafe keeps master weights)
+    module.to(device=args.device, dtype=getattr(torch, args.dtype)).train()
     config = module.model.get_base_model().config
     pad_id = 0
     rows = trace_rows(args.rows, args.max_length, config.vocab_size, args.seed)

@@ -57,3 +57,20 @@ def test_sampler_throughput_counts_generated_tokens_of_both_samplers(tiny_qwen3,
     bench.print_table(report)
     assert "speedup_vs_transformers" in capsys.readouterr().out
     json.dumps(report)  # what --json writes
+
+
+@pytest.mark.slow
+def test_train_throughput_head_loss_compares_materialised_and_chunked_logits(tmp_path):
+    """--head-loss on Qwen3's real vocabulary: four variants on the same micro-batches (the bench itself checks
+    that both losses agree before timing), and the JSON's logits_memory_ratio is materialised ÷ chunked."""
+    bench = load("train_throughput")
+    out = tmp_path / "head.json"
+    bench.main(["--head-loss", "--rows", "6", "--max-length", "96", "--max-tokens-per-batch", "384",
+                "--threads", "1", "--repeats", "1", "--json", str(out)])
+    report = json.loads(out.read_text())
+    variants = report["variants"]
+    assert report["vocab_size"] == 151936
+    assert set(variants) == {"materialised", "chunked", "materialised+kl", "chunked+kl"}
+    assert len({v["tokens"] for v in variants.values()}) == 1
+    assert report["logits_memory_ratio"] == pytest.approx(
+        variants["materialised"]["step_peak_bytes"] / variants["chunked"]["step_peak_bytes"])

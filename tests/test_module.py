@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 
-from thinksafe.rows import IGNORE_INDEX, LABELS, ChatEncoder, EncodedRow, collate
 from thinksafe.model.adapters import FullFineTune, LoRA
 from thinksafe.model.module import ThinkSafeModule
+from thinksafe.rows import IGNORE_INDEX, LABELS, ChatEncoder, EncodedRow, collate
 
 ROWS = [
     ("How do I bake bread?", "<think>\nMix flour, water, yeast and salt.\n</think>\n\nKnead, let it rise, bake.",
@@ -255,6 +256,78 @@ def test_cli_schema_parses_both_adapters():
     assert (adapter.r, adapter.alpha, adapter.target_modules) == (8, 16, ["q_proj", "k_proj"])
 
 
+class AdapterUpdate(Callback):
+    """The trainable weights when fit starts (after the precision plugin's cast) and when it ends, as float32
+    (gathered whole under FSDP2), with the dtypes the weights and their AdamW state had."""
+
+    def __init__(self):
+        self.start, self.end, self.dtypes, self.state_dtypes = {}, {}, set(), set()
+
+    @staticmethod
+    def _grab(pl_module):
+        out = {}
+        for name, p in pl_module.model.named_parameters():
+            if p.requires_grad:
+                full = p.full_tensor() if hasattr(p, "full_tensor") else p
+                out[name] = full.detach().float().cpu().clone()
+        return out
+
+    def on_fit_start(self, trainer, pl_module):
+        self.start = self._grab(pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        self.end = self._grab(pl_module)
+        self.dtypes = {str(p.dtype) for p in pl_module.model.parameters() if p.requires_grad}
+        self.state_dtypes = {str(v.dtype) for state in trainer.optimizers[0].state.values()
+                             for k, v in state.items() if k in ("exp_avg", "exp_avg_sq")}
+
+    def update(self) -> torch.Tensor:
+        return torch.cat([(self.end[k] - self.start[k]).flatten() for k in sorted(self.end)])
+
+
+def assert_same_update(got: torch.Tensor, want: torch.Tensor) -> None:
+    cosine = F.cosine_similarity(got, want, dim=0).item()
+    ratio = (got.norm() / want.norm()).item()
+    assert want.norm() > 0 and cosine >= 0.99 and abs(ratio - 1) <= 0.05, f"cosine {cosine:.4f}, norm ratio {ratio:.4f}"
+
+
+@pytest.mark.slow
+def test_bf16_true_keeps_float32_master_weights(tiny_qwen3, tmp_path):
+    """lr 1e-5, bf16-true, 20 AdamW steps: the LoRA update equals the all-float32 run's (bf16 weights would round
+    most of it away); trainable weights and AdamW state stay float32, the saved adapter holds float32 tensors."""
+    import lightning as L
+    from safetensors.torch import load_file
+
+    updates, saved = {}, {}
+    for precision in ("32-true", "bf16-true"):
+        L.seed_everything(0)
+        module = ThinkSafeModule(str(tiny_qwen3), adapter=lora(), lr=1e-5, warmup_ratio=0.0)
+        probe = AdapterUpdate()
+        trainer = make_trainer(tmp_path / precision, max_steps=20, precision=precision, callbacks=[probe],
+                               enable_checkpointing=False)
+        trainer.fit(module, loader(tiny_qwen3))
+        assert probe.dtypes == {"torch.float32"} and probe.state_dtypes == {"torch.float32"}, precision
+        updates[precision] = probe.update()
+        saved[precision] = load_file(Path(trainer.log_dir) / "adapter" / "adapter_model.safetensors")
+    assert_same_update(updates["bf16-true"], updates["32-true"])
+    assert {str(v.dtype) for v in saved["bf16-true"].values()} == {"torch.float32"}
+
+
+@pytest.mark.slow
+def test_fsdp2_bf16_true_keeps_float32_master_weights(tiny_qwen3, tmp_path):
+    """The same under 2-process FSDP2 on the CPU (gloo): the LoRA matrices shard as their own float32 groups."""
+    updates = {}
+    for precision in ("32-true", "bf16-true"):
+        out = tmp_path / precision
+        proc = subprocess.run([sys.executable, __file__, "fsdp2", str(out), str(tiny_qwen3), precision],
+                              capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        updates[precision] = torch.load(out / "update.pt")
+    assert updates["bf16-true"]["dtypes"] == ["torch.float32"]
+    assert updates["bf16-true"]["state_dtypes"] == ["torch.float32"]
+    assert_same_update(updates["bf16-true"]["update"], updates["32-true"]["update"])
+
+
 @pytest.mark.slow
 def test_two_process_ddp_and_fsdp2_train_the_same_adapter(tiny_qwen3, tmp_path):
     """DDP and ModelParallelStrategy (FSDP2 per decoder layer + root) on 2 CPU processes: each rank ends with the
@@ -275,18 +348,30 @@ def test_two_process_ddp_and_fsdp2_train_the_same_adapter(tiny_qwen3, tmp_path):
         torch.testing.assert_close(written["fsdp2"][key], value)
 
 
-def _distributed_fit(strategy_name: str, out: str, model_dir: str) -> None:
-    """Run by test_two_process_ddp_and_fsdp2_train_the_same_adapter; Lightning re-launches it for rank 1."""
+def _distributed_fit(strategy_name: str, out: str, model_dir: str, precision: str | None = None) -> None:
+    """Run by test_two_process_ddp_and_fsdp2_train_the_same_adapter (no precision: lr 1e-2, KL 0.5, 2 steps) and
+    test_fsdp2_bf16_true_keeps_float32_master_weights (lr 1e-5, 20 steps, this precision; writes the update);
+    Lightning re-launches it for rank 1."""
     import lightning as L
     from lightning.pytorch.strategies import ModelParallelStrategy
 
     strategy = (ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1, save_distributed_checkpoint=False)
                 if strategy_name == "fsdp2" else "ddp")
     L.seed_everything(0)
-    module = ThinkSafeModule(model_dir, adapter=lora(), kl_weight=0.5, lr=1e-2)
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_steps=2, default_root_dir=out,
+    if precision is None:
+        module = ThinkSafeModule(model_dir, adapter=lora(), kl_weight=0.5, lr=1e-2)
+    else:
+        module = ThinkSafeModule(model_dir, adapter=lora(), lr=1e-5, warmup_ratio=0.0)
+    probe = AdapterUpdate()
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_steps=2 if precision is None else 20,
+                        precision=precision or "32-true", default_root_dir=out, callbacks=[probe],
                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
     trainer.fit(module, loader(model_dir, batch_size=2))
+    if precision is not None:
+        if trainer.global_rank == 0:
+            torch.save({"update": probe.update(), "dtypes": sorted(probe.dtypes),
+                        "state_dtypes": sorted(probe.state_dtypes)}, Path(out) / "update.pt")
+        return
     sums = {}
     for name, p in module.model.named_parameters():
         if p.requires_grad:
@@ -297,4 +382,4 @@ def _distributed_fit(strategy_name: str, out: str, model_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    _distributed_fit(*sys.argv[1:4])
+    _distributed_fit(*sys.argv[1:5])

@@ -37,7 +37,11 @@ from thinksafe.rows import IGNORE_INDEX, LABELS
 
 def shard_decoder_layers(model: torch.nn.Module, mesh) -> None:
     """FSDP2: ``fully_shard`` each decoder layer, then the root (embeddings, norm and a tied LM head shard with
-    the root; FSDP1 with a layer wrap policy crashes on tied embeddings)."""
+    the root; FSDP1 with a layer wrap policy crashes on tied embeddings).
+
+    FSDP2 all-gathers one dtype per group, and trainable weights stay float32 beside a bf16 frozen base
+    (:func:`trainable_modules`): those modules (the LoRA A/B matrices) are sharded first, each as its own float32
+    group, so the layer's group holds the frozen weights only."""
     from torch.distributed.fsdp import fully_shard
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -48,12 +52,31 @@ def shard_decoder_layers(model: torch.nn.Module, mesh) -> None:
             f"cannot shard {type(base).__name__}: it names no decoder-layer class (_no_split_modules). Use the "
             "single-device or DDP strategy for this model."
         )
-    # FSDP2 all-gathers one dtype per group: PEFT keeps LoRA weights in float32 beside a bf16 base
-    frozen = [p.dtype for p in model.parameters() if not p.requires_grad]
-    model.to(frozen[0] if frozen else next(model.parameters()).dtype)
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    if frozen:  # with nothing frozen (FullFineTune) every group is float32 already
+        for module in trainable_modules(model):
+            fully_shard(module, mesh=mesh)
     for layer in layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
+
+
+def trainable_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules whose own parameters all train (LoRA's A/B linears; every module under FullFineTune)."""
+    out = []
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        if own and all(p.requires_grad for p in own):
+            out.append(module)
+    return out
+
+
+def keep_master_weights(model: torch.nn.Module) -> None:
+    """Trainable parameters back to float32 (in place: optimizers and DDP buckets keep pointing at them). AdamW
+    at lr 1e-5 on bfloat16 weights rounds most updates away (spacing ~1e-4 near LoRA-A's 0.03)."""
+    for module in trainable_modules(model):
+        if any(p.dtype != torch.float32 for p in module.parameters(recurse=False)):
+            module.to(torch.float32)
 
 
 def _float_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -144,6 +167,7 @@ class ThinkSafeModule(LightningModule):
         self.tokenizer = None
         self._reference: Reference | None = None
         self._loaded_buffers: dict[str, torch.Tensor] = {}
+        self._compute_dtype: torch.dtype | None = None
         self._batch_started = 0.0
         self._batch_sums: torch.Tensor | None = None
         self._last_sample_step = -1
@@ -180,6 +204,9 @@ class ThinkSafeModule(LightningModule):
             # non-reentrant: works with frozen inputs (LoRA) and under no_grad (the reference forward)
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model = self.adapter.apply(model)
+        # float32 master weights for what trains, computed in the loaded half dtype under autocast (see to())
+        self._compute_dtype = model.dtype if model.dtype in (torch.bfloat16, torch.float16) else None
+        keep_master_weights(model)
         reference = self.adapter.reference(model) if hp.kl_weight > 0 else None
         if mesh is not None:
             dp_mesh = mesh["data_parallel"] if "data_parallel" in mesh.mesh_dim_names else mesh
@@ -187,6 +214,35 @@ class ThinkSafeModule(LightningModule):
                 shard_decoder_layers(m, dp_mesh)
         self.model = model
         self._reference = reference
+
+    def to(self, *args: Any, **kwargs: Any) -> ThinkSafeModule:
+        """Casts (``precision: bf16-true`` casts the whole module before the optimizer and DDP see it) set the
+        compute dtype only: trainable weights, hence their gradients and AdamW state, stay float32, and the
+        forward runs under autocast to the cast's dtype."""
+        device, dtype = torch._C._nn._parse_to(*args, **kwargs)[:2]
+        if dtype is None or not dtype.is_floating_point or self.model is None:
+            return super().to(*args, **kwargs)
+        if device is not None:
+            super().to(device=device)
+        # cast module by module, leaving the trainable ones out: never a round trip through bfloat16, and no
+        # swap of the parameters FSDP2 and the optimizer hold
+        trainable = {id(m) for m in trainable_modules(self.model)}
+        for module in self.model.modules():
+            if id(module) not in trainable:
+                module._apply(lambda t: t.to(dtype) if t.is_floating_point() else t, recurse=False)
+        for child in self.children():  # the metrics
+            if child is not self.model:
+                child.to(dtype)
+        self._dtype = dtype  # what LightningModule.to records
+        self._compute_dtype = dtype if dtype in (torch.bfloat16, torch.float16) else None
+        return self
+
+    def _autocast(self):
+        from contextlib import nullcontext
+
+        if self._compute_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self._compute_dtype)
 
     def on_fit_start(self) -> None:
         # after the precision plugin's cast (bf16-true), before the first step
@@ -200,7 +256,7 @@ class ThinkSafeModule(LightningModule):
     def _place_reference(self) -> None:
         from torch.distributed.tensor import DTensor
 
-        dtype = next(p.dtype for p in self.model.parameters() if p.is_floating_point())
+        dtype = self._compute_dtype or next(p.dtype for p in self.model.parameters() if p.is_floating_point())
         for m in self._reference.frozen_modules():
             if not any(isinstance(p, DTensor) for p in m.parameters()):
                 m.to(device=self.device, dtype=dtype)
@@ -238,6 +294,10 @@ class ThinkSafeModule(LightningModule):
         return scaled
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._autocast():
+            return self._autocast_loss(batch)
+
+    def _autocast_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(the loss to back-propagate, the decoder's final hidden states); keeps the step's metric sums for
         ``on_train_batch_end``. No full logits are made: the LM head runs at supervised positions only, in
         chunks (:mod:`thinksafe.model.head_loss`), for the model and for the reference alike."""
@@ -334,6 +394,7 @@ class ThinkSafeModule(LightningModule):
         weight, chunk = output_weight(self.model).detach(), self.hparams.kl_chunk_size
         with torch.no_grad():
             before = hidden[0].detach().index_select(0, (positions - 1).clamp_min(0))
+            before = before.to(weight.dtype)
             predicted = torch.cat([F.linear(before[i:i + chunk], weight).argmax(-1)
                                    for i in range(0, before.shape[0], chunk)] or [positions[:0]])
 
@@ -346,6 +407,28 @@ class ThinkSafeModule(LightningModule):
             f"**target**\n\n{block(ids[supervised])}\n\n**teacher-forced argmax**\n\n{block(predicted)}"
         )
         experiment.add_text("train/sample", text, global_step=step)
+
+    # ---------------------------------------------------------------------------- TensorBoard (E9, issue #14)
+    def configure_callbacks(self) -> list:
+        from lightning.pytorch.callbacks import LearningRateMonitor
+
+        # LearningRateMonitor refuses a trainer without a logger
+        return [LearningRateMonitor(logging_interval="step")] if self._trainer is not None and self.loggers else []
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        from lightning.pytorch.utilities import grad_norm
+
+        # once per optimizer step, on the accumulated (unscaled) gradients
+        if self.device_mesh is not None:  # FSDP2's DTensor gradients: grad_norm stacks per-rank local norms
+            from torch.distributed.tensor import DTensor
+
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            total = torch.nn.utils.get_total_norm(grads) if grads else None
+            total = total.full_tensor() if isinstance(total, DTensor) else total
+        else:
+            total = grad_norm(self.model, norm_type=2).get("grad_2.0_norm_total")
+        if total is not None:
+            self.log("train/grad_norm", total, on_step=True, on_epoch=False)
 
     # ------------------------------------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> dict[str, Any]:
@@ -411,16 +494,16 @@ class ThinkSafeModule(LightningModule):
         state = self.trained_state_dict()
         if self._trainer is None or self.trainer.is_global_zero:
             from thinksafe.files import atomic_directory
+            from thinksafe.model.model_card import write_model_card
 
             # written whole under a temporary name, then renamed: a kill mid-save leaves the old adapter or none
             with atomic_directory(directory, replace=True) as tmp:
                 self.model.save_pretrained(tmp, state_dict=state)
                 self.tokenizer.save_pretrained(tmp)
+                write_model_card(tmp, self)  # portable base_model_name_or_path and a model card (E9)
         if self._trainer is not None:
             self.trainer.strategy.barrier("thinksafe-save-adapter")
         return directory
 
     def on_train_end(self) -> None:
         self.save_trained(Path(self.trainer.log_dir or self.trainer.default_root_dir) / "adapter")
-            from thinksafe.model.model_card import write_model_card
-                write_model_card(tmp, self)  # portable base_model_name_or_path and a model card (E9)
