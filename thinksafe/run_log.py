@@ -37,6 +37,8 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
             out.update(flatten(value, f"{prefix}{i}."))
         return out
     key = prefix[:-1]
+    if isinstance(config, Path):
+        config = str(config)
     if isinstance(config, (bool, int, float, str)):
         out[key] = config
     elif config is None:
@@ -117,12 +119,10 @@ class RecipeLogger(SaveConfigCallback):
     hparams and the data stage's statistics; ``hp_metric`` is the final training loss."""
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
-        from thinksafe.lightning_cli import plain
-
         loggers = _tensorboard_loggers(trainer)
         if not loggers:
             return
-        params = flatten(plain(self.config))
+        params = flatten(self.config.as_dict())
         found = data_stage_stats(getattr(trainer, "datamodule", None))
         for logger in loggers:
             log_hparams(logger, params)
