@@ -86,9 +86,9 @@ def model_card(summary: dict[str, Any]) -> str:
 
     lines = [f"# ThinkSafe adapter for {Path(base).name}", "",
              f"A {adapter.get('class_path', 'LoRA').rsplit('.', 1)[-1]} adapter trained by "
-             "thinksafe the ThinkSafe way (Lee et al. 2026, arXiv 2601.23143): supervised "
-             "fine-tuning on the model's own refusal-steered, guard-filtered reasoning traces, on the unsteered "
-             "prompts.", "", "## Load it", "", "```python", "from peft import AutoPeftModelForCausalLM",
+             "thinksafe (ThinkSafe, Lee et al. 2026, arXiv 2601.23143): supervised fine-tuning "
+             + ("on the model's own refusal-steered, guard-filtered reasoning traces, on the unsteered prompts."
+                if (summary.get("data") or {}).get("stats") else "on the data named below."), "", "## Load it", "", "```python", "from peft import AutoPeftModelForCausalLM",
              "from transformers import AutoTokenizer", "",
              "model = AutoPeftModelForCausalLM.from_pretrained(ADAPTER_DIR)",
              "tokenizer = AutoTokenizer.from_pretrained(ADAPTER_DIR)", "```", "",
