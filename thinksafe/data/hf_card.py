@@ -29,6 +29,13 @@ CONFIGS = {
 }
 
 
+def where_line(output_dir: str | Path) -> str:
+    """What the data stage wrote and where, for the console."""
+    out = Path(output_dir)
+    return (f"generate: the set is in {out} — datasets.load_dataset({str(out)!r}) gives its kept rows "
+            f"({TRAIN_FILE}); {CARD_FILE} is its dataset card, samples.jsonl the full audit trail")
+
+
 def train_record(row: dict[str, Any]) -> dict[str, Any]:
     """One kept row in the columns TRL's SFTTrainer reads: ``messages`` (a chat) and ``prompt``/``completion``.
     The prompt is the unsteered instruction the model is trained on, never the steered one it was sampled with."""

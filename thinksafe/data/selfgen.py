@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from thinksafe.data.hf_card import CARD_FILE, TRAIN_FILE, write_hf_dataset
+from thinksafe.data.hf_card import CARD_FILE, TRAIN_FILE, where_line, write_hf_dataset
 from thinksafe.data.jsonl_log import JsonlLog, read_jsonl
 from thinksafe.data.prompts import PromptRow
 from thinksafe.errors import UserError
@@ -33,7 +33,9 @@ from thinksafe.files import disk_errors, write_json_atomic
 from thinksafe.guards.base import Guard
 from thinksafe.rows import LABELS, TextRow, is_harmful
 from thinksafe.sampling.base import Sampler, SamplingConfig
+from thinksafe.sampling.engine import engine_log
 from thinksafe.sampling.formats import FormatOption, check_response, resolve_format, restore_response
+from thinksafe.sampling.progress import GenerationProgress, reporting
 from thinksafe.sampling.steering import steer
 
 ARTIFACT_FILES = ("manifest.json", "sampled.jsonl", "samples.jsonl", "stats.json", TRAIN_FILE, CARD_FILE, "vllm.log")
@@ -187,6 +189,7 @@ def build_selfgen(
             write_hf_dataset(out, read_jsonl(out / "samples.jsonl"), stats)
         console.print(f"[bold]{out}[/] is complete for these settings; reusing it.")
         print_stats(stats, console)
+        console.print(where_line(out))
         return SelfGenResult(out, stats, resumed=True, reused=True)
 
     created = not out.exists()
@@ -213,6 +216,7 @@ def build_selfgen(
             # failed before its first row (e.g. the model did not load): leave the directory as it was found, not
             # bound by a manifest to settings that produced nothing
             (out / "manifest.json").unlink(missing_ok=True)
+            (out / "vllm.log").unlink(missing_ok=True)  # its last lines are in the error
             if created and not any(out.iterdir()):
                 out.rmdir()
         raise
@@ -226,6 +230,7 @@ def build_selfgen(
     write_hf_dataset(out, samples, stats)  # before stats.json: a finished set always has its card
     write_json_atomic(out / "stats.json", stats)
     print_stats(stats, console)
+    console.print(where_line(out))
     return SelfGenResult(out, stats, resumed=resumed, reused=False)
 
 
@@ -268,13 +273,6 @@ def _chunks(items: list, size: int):
         yield items[i : i + size]
 
 
-def _progress(console):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=False)
-
-
 def _sample_phase(out, prompts, sampler, sampling, fmt, template_kwargs, steering_template, chunk_size, console):
     n = sampling.n
     log = JsonlLog(out / "sampled.jsonl")
@@ -283,8 +281,8 @@ def _sample_phase(out, prompts, sampler, sampling, fmt, template_kwargs, steerin
     pending = [i for i in range(len(prompts)) if i not in done_ids]
     if done_ids:
         console.print(f"resuming: {len(done_ids)} of {len(prompts)} prompts already sampled")
-    with _progress(console) as progress:
-        task = progress.add_task("sampling", total=len(prompts), completed=len(done_ids))
+    with engine_log(out / "vllm.log"), reporting(GenerationProgress(
+            "sampling", total=len(prompts) * n, completed=len(done), console=console)) as progress, progress:
         for chunk in _chunks(pending, chunk_size):
             sent = [steer(prompts[i].instruction, prompts[i].harmful, steering_template) for i in chunk]
             convs = [[{"role": "user", "content": s}] for s in sent]
@@ -307,7 +305,7 @@ def _sample_phase(out, prompts, sampler, sampling, fmt, template_kwargs, steerin
                     ))
             log.append(rows)
             done.extend(rows)
-            progress.advance(task, len(chunk))
+            progress.commit(len(rows), tokens=sum(r["num_tokens"] or 0 for r in rows))
     return sorted(done, key=lambda r: (r["prompt_index"], r["sample_index"]))
 
 
@@ -324,8 +322,9 @@ def _guard_phase(out, sampled, guard, n, chunk_size, console):
         by_prompt.setdefault(r["prompt_index"], []).append(r)
     pending = [i for i in sorted(by_prompt) if i not in done_ids]
     guard_name = getattr(guard, "name", type(guard).__name__)
-    with _progress(console) as progress:
-        task = progress.add_task(f"judging ({guard_name})", total=len(by_prompt), completed=len(done_ids))
+    with engine_log(out / "vllm.log"), reporting(GenerationProgress(
+            f"judging ({guard_name})", total=len(sampled), completed=len(done), console=console,
+            unit="verdicts")) as progress, progress:
         for chunk in _chunks(pending, chunk_size):
             rows = [r for i in chunk for r in by_prompt[i]]
             to_judge = [r for r in rows if r["format_ok"]]
@@ -351,7 +350,7 @@ def _guard_phase(out, sampled, guard, n, chunk_size, console):
                 final.append(row)
             log.append(final)
             done.extend(final)
-            progress.advance(task, len(chunk))
+            progress.commit(len(final))
     return sorted(done, key=lambda r: (r["prompt_index"], r["sample_index"]))
 
 

@@ -13,6 +13,7 @@ source, template and formula).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,8 @@ def score(
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "scores.jsonl", out_rows)
     write_json_atomic(out / "summary.json", summary)
+    metrics = ", ".join(f"{k} {v:.4g}" for k, v in scored.metrics.items() if isinstance(v, float))
+    print(f"score: {loaded.name} ({metrics}); wrote {out / 'scores.jsonl'} and {out / 'summary.json'}", file=sys.stderr)
     return summary
 
 

@@ -40,7 +40,9 @@ from thinksafe.eval.report import Results, sample_rows, write_jsonl, write_resul
 from thinksafe.files import write_json_atomic
 from thinksafe.guards.base import Guard
 from thinksafe.sampling.base import Sampler, SamplingConfig
+from thinksafe.sampling.engine import engine_log
 from thinksafe.sampling.formats import FormatOption, restore_response
+from thinksafe.sampling.progress import GenerationProgress, reporting
 from thinksafe.sampling.vllm_sampler import VLLMSampler
 
 #: Qwen3's reasoning-benchmark sampling (the preset of the ``qwen3`` family; see :mod:`thinksafe.eval.protocol`).
@@ -129,9 +131,13 @@ def run_eval(
             responses = {}
             for b in loaded:
                 params = params_of[b.name]
-                console.print(f"sampling {b.name}: {len(b.items)} items × {params.n}")
                 conversations = [[{"role": "user", "content": it.prompt}] for it in b.items]
-                completions = sampler.generate(evaluated.path, conversations, params, template_kwargs)
+                # per-sample progress (tokens/s, ETA); vLLM's own output goes to OUT/vllm.log
+                with engine_log(out / "vllm.log"), reporting(GenerationProgress(
+                        f"sampling {b.name} ({len(b.items)} items × {params.n})", total=len(b.items) * params.n,
+                        console=console, unit="samples")) as progress, progress:
+                    completions = sampler.generate(evaluated.path, conversations, params, template_kwargs)
+                    progress.commit(len(b.items) * params.n, sum(c.num_tokens for per in completions for c in per))
                 responses[b.name] = [
                     [
                         dict(
@@ -148,7 +154,8 @@ def run_eval(
             sampler.close()
             if isinstance(sampler, VLLMSampler) and evaluated.mode == "lora":
                 sampler.set_adapter(served_before)  # a caller's sampler serves what it served before
-        results = _score_all(loaded, responses, judges, out, console)
+        with engine_log(out / "vllm.log"):  # model judges' engines log there too
+            results = _score_all(loaded, responses, judges, out, console)
         protocol = {
             "preset": fmt if sampling is None else "custom",
             "sampling": {"reasoning": reasoning_params.as_dict(), "safety": safety_params.as_dict()},

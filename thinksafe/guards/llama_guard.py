@@ -17,7 +17,7 @@ from typing import Any
 
 from thinksafe.errors import UserError
 from thinksafe.guards.base import GuardVerdict
-from thinksafe.sampling.engine import EngineProcess, EngineSettings
+from thinksafe.sampling.engine import EngineProcess, EngineSettings, progress_bar
 
 VERDICT_WORDS = ("safe", "unsafe")
 TOP_LOGPROBS = 20
@@ -105,7 +105,7 @@ def _llama_guard_worker(llm, pairs: list[tuple[str, str]], max_tokens: int, top_
         todo.append((i, prompt_ids))
     if todo:
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=top_logprobs)
-        outs = llm.generate([TokensPrompt(prompt_token_ids=p) for _, p in todo], params, use_tqdm=False)
+        outs = llm.generate([TokensPrompt(prompt_token_ids=p) for _, p in todo], params, use_tqdm=progress_bar)
         for (i, _), out in zip(todo, outs):
             o = out.outputs[0]
             results[i] = [

@@ -22,7 +22,7 @@ from typing import Any
 
 from thinksafe.errors import UserError
 from thinksafe.guards.base import GuardVerdict
-from thinksafe.sampling.engine import EngineProcess, EngineSettings
+from thinksafe.sampling.engine import EngineProcess, EngineSettings, progress_bar
 
 WILDGUARD_PROMPT = (
     "<s><|user|>\n"
@@ -109,7 +109,7 @@ def _wildguard_worker(llm, texts: list[str], max_tokens: int) -> list[tuple[bool
         todo.append((i, ids))
     if todo:
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
-        outs = llm.generate([TokensPrompt(prompt_token_ids=ids) for _, ids in todo], params, use_tqdm=False)
+        outs = llm.generate([TokensPrompt(prompt_token_ids=ids) for _, ids in todo], params, use_tqdm=progress_bar)
         for (i, _), out in zip(todo, outs):
             results[i] = (True, out.outputs[0].text)
     return results

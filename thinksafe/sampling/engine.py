@@ -15,22 +15,104 @@ import atexit
 import ctypes
 import multiprocessing as mp
 import os
+import re
 import signal
 import sys
+import tempfile
+import time
 import traceback
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from thinksafe.errors import UserError
+from thinksafe.sampling.progress import GenerationProgress, active_reporter, reporting
+
+#: Where the engine's own output goes when no :func:`engine_log` is active.
+_log_paths: list[Path] = []
+#: In the engine process: the pipe to the parent, for progress reports of the running call.
+_report_conn = None
 
 
 def _kill_group(*_args) -> None:
     os.killpg(0, signal.SIGKILL)
 
 
-def _worker(conn, engine_kwargs: dict[str, Any]) -> None:
+@contextmanager
+def engine_log(path: str | Path):
+    """Engines started within this block write vLLM's own output (its INFO lines, warnings, tracebacks) to
+    ``path`` (appended) instead of the console; the console gets one line per engine start. Outside any block
+    the log goes to a file in the temporary directory, named on that line."""
+    _log_paths.append(Path(path))
+    try:
+        yield Path(path)
+    finally:
+        _log_paths.pop()
+
+
+def current_log_path() -> Path:
+    if _log_paths:
+        return _log_paths[-1]
+    return Path(tempfile.gettempdir()) / f"thinksafe-vllm-{os.getpid()}.log"
+
+
+class _ReportingBar:
+    """Stands in for the tqdm bar vLLM's ``LLM`` draws while it runs requests (``use_tqdm`` accepts a factory):
+    each finished request is sent to the parent process instead of drawn here. vLLM passes only the generated
+    tokens' rate in the postfix text, computed from ``format_dict["elapsed"]``; with elapsed held at 1 s that
+    rate is the running count of generated tokens."""
+
+    def __init__(self, total: int):
+        self.n = 0
+        self.total = total
+        self.tokens = 0
+        self._sent = 0.0
+        self._send(force=True)
+
+    @property
+    def format_dict(self) -> dict[str, float]:
+        return {"elapsed": 1.0}
+
+    @property
+    def postfix(self) -> str:
+        return ""
+
+    @postfix.setter
+    def postfix(self, text: str) -> None:
+        m = re.search(r"output:\s*([0-9.]+)", str(text))
+        if m:
+            self.tokens = int(float(m.group(1)))
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self._send(force=self.n >= self.total)
+
+    def _send(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if _report_conn is not None and (force or now - self._sent >= 0.2):
+            self._sent = now
+            _report_conn.send(("progress", {"kind": "requests", "done": self.n, "total": self.total,
+                                            "tokens": self.tokens}, None))
+
+    def refresh(self) -> None:
+        self._send(force=True)
+
+    def close(self) -> None:
+        self._send(force=True)
+
+
+def progress_bar(iterable=None, *, total: int | None = None, **_kwargs: Any):
+    """``use_tqdm`` for ``LLM.chat``/``LLM.generate`` in the engine process: the request bar reports to the
+    parent's :class:`~thinksafe.sampling.progress.GenerationProgress`; other bars vLLM draws (rendering
+    conversations) are not shown."""
+    if iterable is not None:
+        return iterable
+    return _ReportingBar(int(total or 0))
+
+
+def _worker(conn, engine_kwargs: dict[str, Any], log_path: str | None = None) -> None:
     # vLLM starts an engine-core process (and workers) of its own that outlive this one when it is killed.
     # This process leads a process group holding all of them; when the parent dies (even by SIGKILL) the
     # kernel sends SIGTERM here and the whole group goes.
@@ -40,8 +122,17 @@ def _worker(conn, engine_kwargs: dict[str, Any]) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         if os.getppid() == 1:  # the parent died before prctl took effect
             _kill_group()
-    # vLLM reads its log level at import; INFO lines from every engine would bury thinksafe's own output
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    if log_path is not None:
+        # vLLM's output (and that of the engine-core processes it starts, which inherit these descriptors) goes
+        # to the log file: dozens of lines per start would bury thinksafe's own output
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    global _report_conn
+    _report_conn = conn
     try:
         from vllm import LLM
 
@@ -139,6 +230,7 @@ class EngineProcess:
         self._proc: mp.process.BaseProcess | None = None
         self._conn = None
         self._kept = False
+        self.log_path: Path | None = None
 
     @property
     def alive(self) -> bool:
@@ -154,32 +246,61 @@ class EngineProcess:
             ) from None
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
+        log = current_log_path()
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            offset = log.stat().st_size if log.exists() else 0
+        except OSError:
+            offset = 0
+        self.log_path = log
         # not a daemon: vLLM starts processes of its own, which daemons may not
-        self._proc = ctx.Process(target=_worker, args=(child, engine_kwargs), name="thinksafe-vllm")
+        self._proc = ctx.Process(target=_worker, args=(child, engine_kwargs, str(log)), name="thinksafe-vllm")
         self._proc.start()
         child.close()
         self._conn = parent
         self.engine_kwargs = dict(engine_kwargs)
         atexit.register(self._stop)
-        status, message, tb = self._recv()
+        model = str(engine_kwargs.get("model"))
+        started = time.monotonic()
+
+        def waiting() -> None:
+            _report({"kind": "starting", "what": self.what, "model": model, "elapsed": time.monotonic() - started})
+
+        waiting()
+        try:
+            status, message, tb = self._recv(waiting)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e} Its log: {log}\n{_tail(log, offset)}") from None
         if status != "ready":
             self._stop()
             raise UserError(
-                f"{self.what}: vLLM could not start the model {engine_kwargs.get('model')!r}: {message}\n"
-                f"(engine settings: {engine_kwargs})"
+                f"{self.what}: vLLM could not start the model {model!r}: {message}\n"
+                f"(engine settings: {engine_kwargs}; vLLM's log: {log})\n{_tail(log, offset)}"
             ) from RuntimeError(tb)
+        _report({"kind": "ready", "what": self.what, "model": model, "seconds": time.monotonic() - started,
+                 "log": str(log), "warnings": _count_warnings(log, offset)})
 
-    def _recv(self):
+    def _recv(self, tick: Callable[[], None] | None = None):
+        """The next reply of the engine process; its progress reports go to the active reporter meanwhile."""
         assert self._conn is not None and self._proc is not None
-        while not self._conn.poll(1.0):
-            if not self._proc.is_alive():
-                code = self._proc.exitcode
-                self._proc = None
-                raise RuntimeError(f"{self.what}: the vLLM process died (exit code {code}).")
-        return self._conn.recv()
+        while True:
+            while not self._conn.poll(1.0):
+                if not self._proc.is_alive():
+                    code = self._proc.exitcode
+                    self._proc = None
+                    raise RuntimeError(f"{self.what}: the vLLM process died (exit code {code}).")
+                if tick is not None:
+                    tick()
+            msg = self._conn.recv()
+            if msg[0] != "progress":
+                return msg
+            _report(msg[1])
 
     def run(self, engine_kwargs: dict[str, Any], fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(llm, *args)`` in an engine built with ``engine_kwargs``; ``fn`` must be a module-level function."""
+        if active_reporter() is None:  # a caller that shows no progress of its own: one display for this call
+            with GenerationProgress(self.what) as progress, reporting(progress):
+                return self.run(engine_kwargs, fn, *args)
         if self.alive and self.engine_kwargs != engine_kwargs:
             self._stop()
         if not self.alive:
@@ -216,6 +337,38 @@ class EngineProcess:
         self._proc = None
         self._conn = None
         atexit.unregister(self._stop)
+
+
+def _report(event: dict[str, Any]) -> None:
+    reporter = active_reporter()
+    if reporter is not None:
+        reporter(event)
+
+
+_WARNING = re.compile(r"\bWARNING\b|Warning:")
+
+
+def _count_warnings(log: Path, offset: int) -> int:
+    """Warning lines an engine start wrote to its log (from byte ``offset``: the log is shared and appended)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return 0
+    return sum(1 for line in text.splitlines() if _WARNING.search(line))
+
+
+def _tail(log: Path, offset: int, lines: int = 15) -> str:
+    """The last lines an engine wrote to its log, for an error message (the log may be removed with the run)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    last = [line for line in text.splitlines() if line.strip()][-lines:]
+    return ("last lines of vLLM's log:\n" + "\n".join("    " + line for line in last)) if last else ""
 
 
 def vllm_is_cpu_build() -> bool:

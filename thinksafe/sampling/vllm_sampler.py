@@ -9,7 +9,7 @@ from typing import Any
 
 from thinksafe.errors import UserError
 from thinksafe.sampling.base import Completion, Message, SamplingConfig, request_seed
-from thinksafe.sampling.engine import EngineProcess, EngineSettings
+from thinksafe.sampling.engine import EngineProcess, EngineSettings, progress_bar
 
 #: LoRA ranks vLLM accepts for ``max_lora_rank``.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -67,7 +67,7 @@ def _chat(
         from vllm.lora.request import LoRARequest
 
         extra["lora_request"] = LoRARequest(*lora)
-    outs = llm.chat(requests, sps, use_tqdm=True, chat_template_kwargs=chat_template_kwargs or None, **extra)
+    outs = llm.chat(requests, sps, use_tqdm=progress_bar, chat_template_kwargs=chat_template_kwargs or None, **extra)
     flat = [(o.outputs[0].text, o.outputs[0].finish_reason, len(o.outputs[0].token_ids)) for o in outs]
     return [flat[i * n : (i + 1) * n] for i in range(len(conversations))]
 

@@ -1,0 +1,94 @@
+"""Progress that tells the truth: per-request reports from the vLLM engine process, a labelled engine start,
+vLLM's own output in a log file, and the data stage's console naming tokens/s and the time left."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from thinksafe.sampling.progress import GenerationProgress
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_progress_line_counts_this_runs_samples_only():
+    console_file = io.StringIO()
+    from rich.console import Console
+
+    with GenerationProgress("sampling", total=10, completed=4, console=Console(file=console_file, width=200)) as p:
+        p({"kind": "requests", "done": 0, "total": 4, "tokens": 0})
+        p({"kind": "requests", "done": 2, "total": 4, "tokens": 50})
+        assert p.done == 6 and p.tokens == 50
+        p.commit(4, tokens=100)
+        assert p.done == 8 and p.tokens == 100
+        per_s, tok_s, left = p.rates()
+        assert per_s > 0 and tok_s > 0 and left == pytest.approx(2 / per_s)
+    text = console_file.getvalue()
+    assert "sampling: 8/10 rows" in text and "tok/s" in text and "ETA" in text
+
+
+@pytest.mark.slow
+def test_vllm_reports_each_request_and_the_data_stage_console_names_tokens_per_second_and_eta(tiny_qwen3, tmp_path):
+    pytest.importorskip("vllm")
+    from rich.console import Console
+
+    from thinksafe.data.prompts import load_prompts
+    from thinksafe.data.selfgen import build_selfgen
+    from thinksafe.guards import OfflineJudge
+    from thinksafe.sampling import SamplingConfig, VLLMSampler
+    from thinksafe.sampling.engine import engine_log
+    from thinksafe.sampling.progress import reporting
+    from thinksafe.sampling.steering import PAPER_TEMPLATE
+
+    sampler = VLLMSampler(gpu_memory_utilization=0.1, max_model_len=2048)
+    events: list[dict] = []
+    convs = [[{"role": "user", "content": f"Count to {i}."}] for i in range(6)]
+    params = SamplingConfig(n=2, max_tokens=16, temperature=1.0)
+    try:
+        with engine_log(tmp_path / "direct.log"), reporting(events.append):
+            out = sampler.generate(str(tiny_qwen3), convs, params, {"enable_thinking": True})
+    finally:
+        sampler.close()
+    starting = [e for e in events if e["kind"] == "starting"]
+    ready = [e for e in events if e["kind"] == "ready"]
+    requests = [e for e in events if e["kind"] == "requests"]
+    assert starting and starting[0]["model"] and len(ready) == 1
+    assert ready[0]["log"] == str(tmp_path / "direct.log") and ready[0]["seconds"] > 0
+    assert "INFO" in (tmp_path / "direct.log").read_text()  # vLLM's own output went to the file
+    assert requests[0]["done"] == 0 and requests[-1]["done"] == requests[-1]["total"] == 12
+    assert [e["done"] for e in requests] == sorted(e["done"] for e in requests)
+    assert requests[-1]["tokens"] == sum(c.num_tokens for per in out for c in per)
+
+    # the data stage, its engine starting inside it; the console is a file (a batch job's log)
+    buf = io.StringIO()
+    result = build_selfgen(
+        output_dir=tmp_path / "set", model=str(tiny_qwen3),
+        prompts=load_prompts(str(ROOT / "data" / "debug_prompts.jsonl")), sampler=sampler, guard=OfflineJudge(),
+        sampling=SamplingConfig(n=2, max_tokens=16), steering_template=PAPER_TEMPLATE, chunk_size=4,
+        console=Console(file=buf, width=200),
+    )
+    text = buf.getvalue()
+    total = result.stats["all"]["samples"]
+    assert f"sampling: {total}/{total} rows" in text, text
+    assert "tok/s" in text and "ETA 0:00:00" in text, text
+    assert "ready in" in text and str(tmp_path / "set" / "vllm.log") in text, text
+    assert f"judging ({OfflineJudge().name}): {total}/{total} verdicts" in text, text
+    assert "WARNING" not in text and "INFO" not in text  # vLLM's lines are in the log, not on the console
+    assert (tmp_path / "set" / "vllm.log").read_text().strip()
+
+
+def test_score_ends_by_saying_what_it_wrote(benchmark_dir, tmp_path, capsys):
+    import json
+
+    from thinksafe.cli import main
+
+    responses = tmp_path / "responses.jsonl"
+    responses.write_text(json.dumps({"id": 1, "response": "<think>9*2=18</think>She makes \\$18 a day."}) + "\n")
+    rc = main(["score", "--benchmark", "gsm8k", "--responses", str(responses), "--output", str(tmp_path / "out"),
+               "--benchmark_dir", str(benchmark_dir)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert f"wrote {tmp_path / 'out' / 'scores.jsonl'} and {tmp_path / 'out' / 'summary.json'}" in err
+    assert "accuracy 1" in err
