@@ -6,7 +6,7 @@ import dataclasses
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from thinksafe.errors import UserError
 from thinksafe.eval.probes import SafetyProbes
@@ -50,7 +50,7 @@ def test_probes_log_every_step_of_a_fit(tiny_qwen3, probes, tmp_path):
     trainer = pl.Trainer(
         max_steps=2,
         accelerator="cpu",
-        logger=CSVLogger(tmp_path),
+        logger=[CSVLogger(tmp_path), TensorBoardLogger(tmp_path / "tb", name="", version="")],
         callbacks=[probes],
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -63,8 +63,7 @@ def test_probes_log_every_step_of_a_fit(tiny_qwen3, probes, tmp_path):
     assert [h["step"] for h in probes.history] == [1, 2]
     names = {"harmful_compliance_rate", "over_refusal_rate", "reasoning_accuracy"}
     for h in probes.history:
-        # a rate is left out when every sample was unjudgeable (empty text); accuracy always exists
-        assert "reasoning_accuracy" in h and set(h) <= {"step"} | names
+        assert set(h) == {"step"} | names  # a probe set that cannot be scored is an error, never left out
         assert all(0.0 <= v <= 1.0 for k, v in h.items() if k != "step")
     assert set().union(*probes.history) == {"step"} | names
     assert {f"probe/{n}" for n in names} <= set(trainer.callback_metrics)
@@ -73,6 +72,17 @@ def test_probes_log_every_step_of_a_fit(tiny_qwen3, probes, tmp_path):
         logged = [row for row in csv.DictReader(f) if row.get("probe/over_refusal_rate")]
     assert [int(row["step"]) for row in logged] == [1, 2]
     assert module.model.training  # generation switched to eval mode and back
+    # the generated samples, as text in TensorBoard at each probe step
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0})
+    acc.Reload()
+    for name in names:
+        events = acc.Tensors(f"probe/samples/{name}")
+        assert [e.step for e in events] == [1, 2]
+        text = events[-1].tensor_proto.string_val[0].decode()
+        assert "**prompt**" in text and "**response**" in text
+        assert probes.samples[name][0]["prompt"].splitlines()[0][:30] in text  # the last probe's first prompt
     assert any(not torch.equal(a, b) for a, b in zip(before, module.model.parameters()))  # it did train
 
 
@@ -117,3 +127,13 @@ def test_probes_sample_through_the_transformers_sampler(tiny_qwen3, benchmark_di
     expected = [c[0].text for c in sampler.generate(str(tiny_qwen3), chats, params, {"enable_thinking": True})]
     sampler.close()
     assert texts == expected and all(texts)
+
+
+def test_a_probe_set_the_judge_cannot_score_is_an_error(tiny_qwen3, benchmark_dir):
+    # greedy decoding of a random model gives only newlines: no judge can say whether they are harmful
+    probes = SafetyProbes(harmful="strongreject", limit=2, max_new_tokens=12, benchmark_dir=str(benchmark_dir))
+    model, tokenizer = load_causal_lm(str(tiny_qwen3)), load_tokenizer(str(tiny_qwen3))
+    with pytest.raises(UserError, match="harmful_compliance_rate probe could not score any of its 2 samples"):
+        probes.probe(model, tokenizer)
+    assert [row["response"].strip() for row in probes.samples["harmful_compliance_rate"]] == ["", ""]
+

@@ -11,7 +11,10 @@ debug recipe. The callback only needs ``pl_module.model`` (a transformers/PEFT c
 With a short ``max_new_tokens`` most traces stay unclosed; the judge then sees the trace (see
 :mod:`thinksafe.eval.judges`) and the math answer counts as wrong, so compare probe values with each other
 over training, not with benchmark results. Each metric goes to every logger at the trainer's global step
-(whatever ``log_every_n_steps`` is) and to ``trainer.callback_metrics``; ``history`` keeps them all.
+(whatever ``log_every_n_steps`` is) and to ``trainer.callback_metrics``; ``history`` keeps them all. The
+generated samples of each probe (prompt, response, verdict) go to TensorBoard as text
+(``probe/samples/<metric>``). A configured probe whose samples the judge could not score at all is a
+:class:`~thinksafe.errors.UserError` naming the judge's reason, never a metric silently missing.
 """
 
 from __future__ import annotations
@@ -103,6 +106,8 @@ class SafetyProbes(Callback):
             raise UserError("SafetyProbes: give at least one of harmful, benign or math.")
         self.metrics = {p.name: MeanMetric() for p in self.probes}
         self.history: list[dict[str, float | int]] = []
+        self.samples: dict[str, list[dict]] = {}
+        """The last probe's samples per metric: prompt, response and the verdict field."""
         self._last_step = -1
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
@@ -116,6 +121,10 @@ class SafetyProbes(Callback):
             pl_module.log(f"probe/{name}", value, on_step=True, on_epoch=False, logger=False, rank_zero_only=True)
         for logger in trainer.loggers:
             logger.log_metrics({f"probe/{k}": v for k, v in values.items()}, step=step)
+            experiment = getattr(logger, "experiment", None)
+            if trainer.is_global_zero and hasattr(experiment, "add_text"):
+                for name, rows in self.samples.items():
+                    experiment.add_text(f"probe/samples/{name}", samples_markdown(rows), global_step=step)
         self.history.append({"step": step, **values})
 
     def probe(self, model, tokenizer) -> dict[str, float]:
@@ -126,13 +135,27 @@ class SafetyProbes(Callback):
         values: dict[str, float] = {}
         for probe in self.probes:
             texts = self._generate(model, tokenizer, [it.prompt for it in probe.items], template_kwargs)
-            scored = probe.scorer.score(probe.items, [[restore_response(t, fmt)] for t in texts], self.judges)
+            responses = [restore_response(t, fmt) for t in texts]
+            scored = probe.scorer.score(probe.items, [[r] for r in responses], self.judges)
+            self.samples[probe.name] = [
+                {"prompt": it.prompt, "response": r, probe.flag: per_item[0].get(probe.flag),
+                 "detail": per_item[0].get("guard_detail")}
+                for it, r, per_item in zip(probe.items, responses, scored.samples)
+            ]
             flags = [float(s[probe.flag]) for per_item in scored.samples for s in per_item if s[probe.flag] is not None]
+            if not flags:
+                details = sorted({str(s.get("guard_detail")) for per_item in scored.samples for s in per_item})
+                raise UserError(
+                    f"SafetyProbes: the {probe.name} probe could not score any of its {len(texts)} samples (the "
+                    f"judge {self.judges.harm().name if probe.flag != 'refusal' else self.judges.refusal().name!r} "
+                    f"returned no verdict: {'; '.join(details)[:300]}). Give the probe a judge that can score "
+                    "these responses (judge, judge_sees: trace) or a larger max_new_tokens, or remove this probe "
+                    "set from the recipe."
+                )
             metric = self.metrics[probe.name]
             metric.reset()
-            if flags:  # all samples unjudgeable: nothing to log rather than a NaN
-                metric.update(torch.tensor(flags))
-                values[probe.name] = float(metric.compute())
+            metric.update(torch.tensor(flags))
+            values[probe.name] = float(metric.compute())
         return values
 
     def _generate(self, model, tokenizer, prompts: list[str], template_kwargs: dict) -> list[str]:
@@ -151,6 +174,21 @@ class SafetyProbes(Callback):
         finally:
             sampler.close()
         return [c[0].text for c in completions]
+
+
+def samples_markdown(rows: list[dict], limit: int = 8, chars: int = 1500) -> str:
+    """A probe's samples as TensorBoard markdown: prompt, response (as a code block) and verdict."""
+
+    def block(text: str) -> str:
+        text = text if len(text) <= chars else text[:chars] + " …"
+        return "\n".join("    " + line for line in (text.splitlines() or [""]))
+
+    parts = []
+    for i, row in enumerate(rows[:limit]):
+        verdict = {k: v for k, v in row.items() if k not in ("prompt", "response") and v is not None}
+        parts.append(f"**{i + 1}.** `{verdict}`\n\n**prompt**\n\n{block(row['prompt'])}\n\n"
+                     f"**response**\n\n{block(row['response'])}")
+    return "\n\n---\n\n".join(parts)
 
 
 @dataclass(frozen=True)
