@@ -22,7 +22,7 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from thinksafe.files import write_text_atomic
+from thinksafe.files import run_dir, write_text_atomic
 
 
 def selfgen_cost(output_dir: str | Path) -> dict[str, Any]:
@@ -113,7 +113,7 @@ class CostLog(Callback):
         if trainer.is_global_zero:
             text = json.dumps(self.cost, indent=2)
             for directory in dict.fromkeys(
-                (self._output_dir(trainer), Path(trainer.log_dir or trainer.default_root_dir))
+                (self._output_dir(trainer), run_dir(trainer))
             ):
                 directory.mkdir(parents=True, exist_ok=True)
                 write_text_atomic(directory / "cost.json", text)
@@ -122,4 +122,4 @@ class CostLog(Callback):
         if self.output_dir is not None:
             return Path(self.output_dir)
         root = getattr(trainer.logger, "root_dir", None)
-        return Path(root) if root else Path(trainer.log_dir or trainer.default_root_dir)
+        return Path(root) if root else run_dir(trainer)

@@ -145,3 +145,18 @@ def atomic_directory(path: str | Path, replace: bool = False):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_dir(trainer: Any) -> Path:
+    """The run's directory (``trainer.log_dir``, else ``default_root_dir``), the same on every rank.
+
+    Under DDP/FSDP ``trainer.log_dir`` is a collective (rank 0 broadcasts its logger's version), so a call made
+    by one rank alone — in an ``if trainer.is_global_zero:`` branch — waits for a broadcast the other ranks make
+    at a different place, and the run hangs at its end. The first call, from a hook every rank runs (the
+    modules' ``setup``), does the broadcast once; the answer is kept on the trainer for every later caller.
+    """
+    cached = getattr(trainer, "_thinksafe_run_dir", None)
+    if cached is None:
+        cached = Path(trainer.log_dir or trainer.default_root_dir)
+        trainer._thinksafe_run_dir = cached
+    return cached

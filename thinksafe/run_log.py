@@ -19,6 +19,8 @@ from typing import Any
 
 from lightning.pytorch.cli import SaveConfigCallback
 
+from thinksafe.files import run_dir
+
 HP_METRIC = "hp_metric"
 #: The value ``hp_metric`` takes when training ends: the first of these the run logged.
 HP_METRIC_FROM = ("train/loss_epoch", "train/loss")
@@ -146,7 +148,7 @@ class RecipeLogger(SaveConfigCallback):
             return
         import sys
 
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        log_dir = run_dir(trainer)
         adapter = log_dir / "adapter"
         lines = []
         if adapter.is_dir():

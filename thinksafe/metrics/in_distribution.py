@@ -257,18 +257,16 @@ def score_model(
 
 def report(score: InDistributionScore, trainer: Trainer, step: int = 0, prefix: str = "in_distribution") -> None:
     """Log ``score`` to the trainer's loggers, print its table, and write ``<log_dir>/in_distribution.json``."""
-    from pathlib import Path
-
     from rich.console import Console
 
-    from thinksafe.files import write_json_atomic
+    from thinksafe.files import run_dir, write_json_atomic
 
     for logger in trainer.loggers:
         logger.log_metrics(score.metrics(prefix), step=step)
     Console(stderr=True).print(score.table())
-    if trainer.log_dir:
-        Path(trainer.log_dir).mkdir(parents=True, exist_ok=True)
-        write_json_atomic(Path(trainer.log_dir) / f"{prefix}.json", score.as_dict())
+    directory = run_dir(trainer)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(directory / f"{prefix}.json", score.as_dict())
 
 
 def report_generated(datamodule, limit: int | None = 256, batch_size: int = 4, console=None) -> InDistributionScore:

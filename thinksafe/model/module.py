@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 
 from thinksafe.errors import UserError
+from thinksafe.files import run_dir
 from thinksafe.model.adapters import Adapter, LoRA, Reference
 from thinksafe.model.head_loss import final_hidden, head_loss, output_weight
 from thinksafe.model.kl import shift_labels
@@ -243,6 +244,10 @@ class ThinkSafeModule(LightningModule):
         if self._compute_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self._compute_dtype)
+
+    def setup(self, stage: str) -> None:
+        # every rank resolves the run directory here, together: later rank-0-only callers must not broadcast
+        run_dir(self.trainer)
 
     def on_fit_start(self) -> None:
         # after the precision plugin's cast (bf16-true), before the first step
@@ -506,4 +511,4 @@ class ThinkSafeModule(LightningModule):
         return directory
 
     def on_train_end(self) -> None:
-        self.save_trained(Path(self.trainer.log_dir or self.trainer.default_root_dir) / "adapter")
+        self.save_trained(run_dir(self.trainer) / "adapter")

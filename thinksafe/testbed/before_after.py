@@ -32,7 +32,7 @@ from rich.console import Console
 
 from thinksafe.errors import UserError
 from thinksafe.eval.judges import JudgeSees
-from thinksafe.files import write_text_atomic
+from thinksafe.files import run_dir, write_text_atomic
 from thinksafe.guards.base import Guard
 from thinksafe.sampling.base import GREEDY, Sampler, SamplingConfig
 from thinksafe.sampling.formats import FormatOption
@@ -177,7 +177,7 @@ class BeforeAfterEval(Callback):
 
     @staticmethod
     def _log_dir(trainer: Trainer) -> Path:
-        return Path(trainer.log_dir or trainer.default_root_dir)
+        return run_dir(trainer)
 
     def _output_dir(self, trainer: Trainer) -> Path:
         if self.output_dir is not None:
