@@ -78,7 +78,7 @@ def test_probes_log_every_step_of_a_fit(tiny_qwen3, probes, tmp_path):
     acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0})
     acc.Reload()
     for name in names:
-        events = acc.Tensors(f"probe/samples/{name}")
+        events = acc.Tensors(f"probe/samples/{name}/text_summary")
         assert [e.step for e in events] == [1, 2]
         text = events[-1].tensor_proto.string_val[0].decode()
         assert "**prompt**" in text and "**response**" in text

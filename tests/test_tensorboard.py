@@ -45,7 +45,7 @@ def test_fit_logs_recipe_hparams_grad_norm_lr_and_data_stats(tiny_qwen3, tmp_pat
         assert acc.Scalars(f"data/acceptance_rate/{label}")[0].value == pytest.approx(d["acceptance_rate"])
     assert any(t.startswith("data/rejected/") for t in scalars) == bool(stats["reject_reasons"])
     assert acc.Scalars("data/data_starved")[0].value == float(stats["data_starved"])
-    assert "data/stats" in acc.Tags()["tensors"]  # text summaries are tensors
+    assert "data/stats/text_summary" in acc.Tags()["tensors"]  # text summaries are tensors
     hp = acc.Scalars("hp_metric")
     assert len(hp) == 1 and hp[0].value != -1 and hp[0].step == 3  # the last epoch's loss, never -1
 
