@@ -62,11 +62,22 @@ def test_group_advantages_are_normalised_per_group():
 @pytest.mark.parametrize(("beta", "eps"), [(0.0, 0.2), (0.04, 0.2), (0.5, 0.1)])
 def test_clipped_surrogate_and_k3_kl_equal_a_hand_computation(beta, eps):
     logps = torch.tensor(LOGPS, requires_grad=True)
-    out = grpo_loss(logps, torch.tensor(OLD), group_advantages(torch.tensor(REWARDS), 2), torch.tensor(MASK),
-                    torch.tensor(REF), beta=beta, epsilon_low=eps)
+    out = grpo_loss(
+        logps,
+        torch.tensor(OLD),
+        group_advantages(torch.tensor(REWARDS), 2),
+        torch.tensor(MASK),
+        torch.tensor(REF),
+        beta=beta,
+        epsilon_low=eps,
+    )
     assert float(out.loss.detach()) == pytest.approx(_hand_loss(beta, eps), rel=1e-5)
-    kl = [math.exp(REF[i][t] - LOGPS[i][t]) - (REF[i][t] - LOGPS[i][t]) - 1
-          for i in range(4) for t in range(3) if MASK[i][t]]
+    kl = [
+        math.exp(REF[i][t] - LOGPS[i][t]) - (REF[i][t] - LOGPS[i][t]) - 1
+        for i in range(4)
+        for t in range(3)
+        if MASK[i][t]
+    ]
     assert float(out.kl) == pytest.approx(sum(kl) / len(kl), rel=1e-5)
     out.loss.backward()
     assert logps.grad[1, 2] == 0 and logps.grad[3, 2] == 0  # padding gets no gradient
@@ -76,8 +87,13 @@ def test_the_clip_binds_where_the_ratio_leaves_the_trust_region():
     # the min takes the clipped term where the ratio moved past the bound in the advantage's direction: row 0,
     # token 0 (ratio e^0.5 > 1.2, A > 0) and row 1, token 1 (ratio e^-0.4 < 0.8, A < 0); row 1, token 0 (ratio
     # e^0.3 > 1.2 but A < 0) and row 0, token 1 (ratio e^-0.3 < 0.8 but A > 0) keep the unclipped, smaller term
-    out = grpo_loss(torch.tensor(LOGPS), torch.tensor(OLD), group_advantages(torch.tensor(REWARDS), 2),
-                    torch.tensor(MASK), epsilon_low=0.2)
+    out = grpo_loss(
+        torch.tensor(LOGPS),
+        torch.tensor(OLD),
+        group_advantages(torch.tensor(REWARDS), 2),
+        torch.tensor(MASK),
+        epsilon_low=0.2,
+    )
     adv = _hand_advantages()
     clipped = 0
     for i in range(4):
@@ -140,9 +156,16 @@ def _data(prompts: Path, model: str, out: Path, sampler=None, batch_size: int = 
     from thinksafe.guards import OfflineJudge
     from thinksafe.sampling import TransformersSampler
 
-    return SafetyDataModule(prompts=str(prompts), output_dir=str(out / "unused"), sampler=sampler or
-                            TransformersSampler(batch_size=64), guard=OfflineJudge(), batch_size=batch_size,
-                            max_length=512, model_name_or_path=model, in_distribution_rows=0)
+    return SafetyDataModule(
+        prompts=str(prompts),
+        output_dir=str(out / "unused"),
+        sampler=sampler or TransformersSampler(batch_size=64),
+        guard=OfflineJudge(),
+        batch_size=batch_size,
+        max_length=512,
+        model_name_or_path=model,
+        in_distribution_rows=0,
+    )
 
 
 def test_token_logprobs_equal_the_models_logits(tiny_qwen3, tmp_path):
@@ -155,15 +178,22 @@ def test_token_logprobs_equal_the_models_logits(tiny_qwen3, tmp_path):
     from thinksafe.rl import GRPOModule
     from thinksafe.rows import IGNORE_INDEX, EncodedRow, collate
 
-    module = GRPOModule(str(tiny_qwen3), adapter=LoRA(r=4, alpha=8, dropout=0.0), temperature=0.7,
-                        logprob_chunk_size=5, num_generations=2)
+    module = GRPOModule(
+        str(tiny_qwen3),
+        adapter=LoRA(r=4, alpha=8, dropout=0.0),
+        temperature=0.7,
+        logprob_chunk_size=5,
+        num_generations=2,
+    )
     module.configure_model()
     with torch.no_grad():  # a non-zero adapter, so the LoRA path is part of the gradient
         for name, p in module.model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.05)
-    rows = [EncodedRow([5, 6, 7, 8, 9, 10], [IGNORE_INDEX] * 3 + [8, 9, 10], "vanilla_harmful"),
-            EncodedRow([5, 6, 11, 12], [IGNORE_INDEX] * 2 + [11, 12], "vanilla_benign")]
+    rows = [
+        EncodedRow([5, 6, 7, 8, 9, 10], [IGNORE_INDEX] * 3 + [8, 9, 10], "vanilla_harmful"),
+        EncodedRow([5, 6, 11, 12], [IGNORE_INDEX] * 2 + [11, 12], "vanilla_benign"),
+    ]
     batch = collate(rows, pad_id=0)
     targets = shift_labels(batch["labels"])
     from thinksafe.model.head_loss import final_hidden, output_weight
@@ -197,23 +227,43 @@ def test_short_testbed_fit_raises_mean_reward(tmp_path):
     rows = [json.loads(line) for line in (REPO / "data/testbed/prompts.jsonl").read_text().splitlines()]
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in [r for r in rows if "harmful" in r["label"]][:8]))
-    module = GRPOModule(str(REPO / "data/testbed/model"), adapter=LoRA(r=16, alpha=32, dropout=0.0,
-                        target_modules=["gate_proj", "up_proj", "down_proj"]), num_generations=8, beta=0.04,
-                        temperature=2.0, max_completion_length=96, lr=2e-3, warmup_ratio=0.0)
+    module = GRPOModule(
+        str(REPO / "data/testbed/model"),
+        adapter=LoRA(r=16, alpha=32, dropout=0.0, target_modules=["gate_proj", "up_proj", "down_proj"]),
+        num_generations=8,
+        beta=0.04,
+        temperature=2.0,
+        max_completion_length=96,
+        lr=2e-3,
+        warmup_ratio=0.0,
+    )
     dm = GRPOModule.online_data(_data(prompts, str(REPO / "data/testbed/model"), tmp_path))
-    trainer = Trainer(accelerator="cpu", max_steps=8, max_epochs=-1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=24,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
 
     def mean_reward() -> float:
-        return float(torch.cat([module.rollout(list(range(i, i + 4)), round_index=10_000, data=dm).rewards
-                                for i in (0, 4)]).mean())
+        return float(
+            torch.cat(
+                [module.rollout(list(range(i, i + 4)), round_index=10_000, data=dm).rewards for i in (0, 4)]
+            ).mean()
+        )
 
     module.configure_model()
     dm.sampler.attach(module.hparams.name_or_path, module.model, module.tokenizer)
     before = mean_reward()
     trainer.fit(module, datamodule=dm)
+    dm.sampler.attach(module.hparams.name_or_path, module.model, module.tokenizer)  # closed when training ended
     after = mean_reward()
-    assert module.cost["completions"] == 8 * 4 * 8 and module.cost["generated_tokens"] > 0
+    print(f"mean reward before {before:.3f} after {after:.3f}")
+    assert module.cost["completions"] == 24 * 4 * 8 and module.cost["generated_tokens"] > 0
     assert module.cost["guard_calls"] == module.cost["completions"]
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
     assert after > before + 0.1, (before, after)

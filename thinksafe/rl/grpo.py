@@ -179,6 +179,12 @@ class GRPOModule(ThinkSafeModule):
             dtype=dtype,
             attn_implementation=attn_implementation,
         )
+        # under LightningCLI the saved hyperparameters are the arguments given to this class alone; the parent's
+        # methods read these
+        for key, value in dict(
+            kl_weight=0.0, kl_mode="replace", kl_chunk_size=256, log_samples_every_n_steps=0
+        ).items():
+            self.hparams.setdefault(key, value)
         if num_generations < 2:
             raise UserError(f"model.num_generations must be ≥ 2 (advantages compare a group), got {num_generations}.")
         if beta < 0:
@@ -409,7 +415,7 @@ class GRPOModule(ThinkSafeModule):
         for name, value in values.items():
             self.log(
                 f"grpo/{name}",
-                value,
+                float(value),  # plain numbers: Lightning puts them on the module's device
                 on_step=True,
                 on_epoch=True,
                 prog_bar=name == "reward",
