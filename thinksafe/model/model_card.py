@@ -88,7 +88,8 @@ def model_card(summary: dict[str, Any]) -> str:
              f"A {adapter.get('class_path', 'LoRA').rsplit('.', 1)[-1]} adapter trained by "
              "thinksafe (ThinkSafe, Lee et al. 2026, arXiv 2601.23143): supervised fine-tuning "
              + ("on the model's own refusal-steered, guard-filtered reasoning traces, on the unsteered prompts."
-                if (summary.get("data") or {}).get("stats") else "on the data named below."), "", "## Load it", "", "```python", "from peft import AutoPeftModelForCausalLM",
+                if (summary.get("data") or {}).get("stats") else "on the data named below."),
+             "", "## Load it", "", "```python", "from peft import AutoPeftModelForCausalLM",
              "from transformers import AutoTokenizer", "",
              "model = AutoPeftModelForCausalLM.from_pretrained(ADAPTER_DIR)",
              "tokenizer = AutoTokenizer.from_pretrained(ADAPTER_DIR)", "```", "",
