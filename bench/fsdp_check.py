@@ -19,11 +19,30 @@ from pathlib import Path
 
 PRESETS = {
     # Qwen/Qwen3-0.6B config.json
-    "qwen3-0.6b": dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-                       num_attention_heads=16, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6,
-                       rope_theta=1_000_000.0, max_position_embeddings=40960, tie_word_embeddings=True),
-    "tiny": dict(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-                 num_key_value_heads=1, head_dim=64, max_position_embeddings=4096, tie_word_embeddings=True),
+    "qwen3-0.6b": dict(
+        vocab_size=151936,
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        rms_norm_eps=1e-6,
+        rope_theta=1_000_000.0,
+        max_position_embeddings=40960,
+        tie_word_embeddings=True,
+    ),
+    "tiny": dict(
+        vocab_size=1024,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -82,26 +101,45 @@ def run(strategy_name: str, model_dir: Path, args) -> dict:
             elif len(self.losses) > args.warmup:
                 self.tokens += int(batch["attention_mask"].sum())
 
-    strategy = (ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1) if strategy_name == "fsdp2"
-                else "auto")
+    strategy = (
+        ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1) if strategy_name == "fsdp2" else "auto"
+    )
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     L.seed_everything(0)
     clock = Clock()
-    module = ThinkSafeModule(str(model_dir), adapter=LoRA(r=32, alpha=16, dropout=0.0), kl_weight=args.kl_weight,
-                             lr=1e-5, gradient_checkpointing=args.gradient_checkpointing)
-    trainer = L.Trainer(accelerator=args.accelerator, devices=1, strategy=strategy, precision=args.precision,
-                        max_steps=args.steps, logger=False, callbacks=[clock], enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=str(model_dir.parent / strategy_name),
-                        # one process: keep the loader's order (Lightning's DistributedSampler would shuffle it)
-                        use_distributed_sampler=False)
+    module = ThinkSafeModule(
+        str(model_dir),
+        adapter=LoRA(r=32, alpha=16, dropout=0.0),
+        kl_weight=args.kl_weight,
+        lr=1e-5,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
+    trainer = L.Trainer(
+        accelerator=args.accelerator,
+        devices=1,
+        strategy=strategy,
+        precision=args.precision,
+        max_steps=args.steps,
+        logger=False,
+        callbacks=[clock],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(model_dir.parent / strategy_name),
+        # one process: keep the loader's order (Lightning's DistributedSampler would shuffle it)
+        use_distributed_sampler=False,
+    )
     vocab = PRESETS[args.preset]["vocab_size"]
     trainer.fit(module, synthetic_loader(vocab, args.steps, args.batch_size, args.seq_len, args.seq_len // 8))
     seconds = time.perf_counter() - clock.started
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    return {"tokens_per_s": round(clock.tokens / seconds, 1), "peak_memory_gib": peak and round(peak, 2),
-            "losses": [round(x, 5) for x in clock.losses]}
+    return {
+        "tokens_per_s": round(clock.tokens / seconds, 1),
+        "peak_memory_gib": peak and round(peak, 2),
+        "losses": [round(x, 5) for x in clock.losses],
+    }
 
 
 def main() -> None:
@@ -123,12 +161,17 @@ def main() -> None:
         model_dir = write_model(Path(tmp) / "model", args.preset)
         results = {name: run(name, model_dir, args) for name in ("single", "fsdp2")}
     a, b = results["single"]["losses"], results["fsdp2"]["losses"]
-    print(json.dumps({
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else args.accelerator,
-        "config": vars(args),
-        "max_loss_difference": max(abs(x - y) for x, y in zip(a, b)),
-        **results,
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else args.accelerator,
+                "config": vars(args),
+                "max_loss_difference": max(abs(x - y) for x, y in zip(a, b)),
+                **results,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

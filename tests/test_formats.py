@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from thinksafe.errors import UserError
 from thinksafe.sampling.formats import check_response, detect_format, restore_response, split_think
 from thinksafe.sampling.steering import PAPER_TEMPLATE, check_template, steer
-from thinksafe.errors import UserError
 
 
 def _tok(chat_templates, name):

@@ -24,10 +24,15 @@ PROMPTS = ROOT / "data" / "debug_prompts.jsonl"
 def selfgen_set(tiny_qwen3, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("hf") / "set"
     build_selfgen(
-        output_dir=out, model=str(tiny_qwen3), prompts=load_prompts(str(PROMPTS)),
-        sampler=TransformersSampler(batch_size=4), guard=OfflineJudge(),
-        sampling=SamplingConfig(n=2, max_tokens=12, seed=0), steering_template=PAPER_TEMPLATE,
-        reasoning_format="plain", chunk_size=5,
+        output_dir=out,
+        model=str(tiny_qwen3),
+        prompts=load_prompts(str(PROMPTS)),
+        sampler=TransformersSampler(batch_size=4),
+        guard=OfflineJudge(),
+        sampling=SamplingConfig(n=2, max_tokens=12, seed=0),
+        steering_template=PAPER_TEMPLATE,
+        reasoning_format="plain",
+        chunk_size=5,
     )
     return out
 
@@ -45,12 +50,15 @@ def test_load_dataset_gives_the_kept_rows_and_the_audit_trail_as_configs(selfgen
     assert {"messages", "prompt", "completion", "label"} <= set(rows.column_names)
     for got, want in zip(rows, kept):
         assert got["prompt"] == want["prompt"] and got["completion"] == want["response"]
-        assert got["messages"] == [{"role": "user", "content": want["prompt"]},
-                                   {"role": "assistant", "content": want["response"]}]
+        assert got["messages"] == [
+            {"role": "user", "content": want["prompt"]},
+            {"role": "assistant", "content": want["response"]},
+        ]
     audit = datasets.load_dataset(str(selfgen_set), "samples", cache_dir=str(tmp_path / "cache"))["train"]
     assert audit.num_rows == len(samples) and "guard_verdict" in audit.column_names
-    assert datasets.load_dataset(str(selfgen_set), "sampled", cache_dir=str(tmp_path / "cache"))["train"].num_rows \
-        == len(samples)
+    assert datasets.load_dataset(str(selfgen_set), "sampled", cache_dir=str(tmp_path / "cache"))[
+        "train"
+    ].num_rows == len(samples)
     stats = datasets.load_dataset(str(selfgen_set), "stats", cache_dir=str(tmp_path / "cache"))["train"][0]
     assert stats["all"]["kept"] == len(kept)
     manifest = datasets.load_dataset(str(selfgen_set), "manifest", cache_dir=str(tmp_path / "cache"))["train"][0]

@@ -77,7 +77,9 @@ def test_token_cross_entropy_matches_torch():
     expected = expected[targets.flatten() != IGNORE_INDEX]
     got = token_cross_entropy(logits, targets, chunk_size=3)
     torch.testing.assert_close(got, expected)
-    torch.testing.assert_close(torch.autograd.grad(got.sum(), logits)[0], torch.autograd.grad(expected.sum(), logits)[0])
+    torch.testing.assert_close(
+        torch.autograd.grad(got.sum(), logits)[0], torch.autograd.grad(expected.sum(), logits)[0]
+    )
 
 
 def test_fresh_lora_starts_at_zero_and_moves_after_an_update(tiny_qwen3):
@@ -93,16 +95,19 @@ def test_fresh_lora_starts_at_zero_and_moves_after_an_update(tiny_qwen3):
     labels = shift_labels(input_ids)
     kl = ForwardKL(chunk_size=8)
 
-    assert kl(model(input_ids=input_ids, attention_mask=mask).logits, reference_logits(reference, input_ids, mask),
-              labels) == 0
+    assert (
+        kl(model(input_ids=input_ids, attention_mask=mask).logits, reference_logits(reference, input_ids, mask), labels)
+        == 0
+    )
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(trainable, lr=0.5)
     loss = F.cross_entropy(model(input_ids=input_ids).logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
     loss.backward()
     opt.step()
-    after = kl(model(input_ids=input_ids, attention_mask=mask).logits, reference_logits(reference, input_ids, mask),
-               labels)
+    after = kl(
+        model(input_ids=input_ids, attention_mask=mask).logits, reference_logits(reference, input_ids, mask), labels
+    )
     assert after.item() > 1e-6
 
 
@@ -177,8 +182,13 @@ def test_module_loss_equals_materialised_logits(tiny_qwen3, tmp_path, tied, kl_w
 
     model_dir = tiny_qwen3 if tied else untied_copy(tiny_qwen3, tmp_path)
     torch.manual_seed(0)
-    module = ThinkSafeModule(str(model_dir), adapter=LoRA(r=4, alpha=8, dropout=0.0) if adapter == "lora"
-                             else FullFineTune(), kl_weight=kl_weight, kl_chunk_size=5, kl_mode="add")
+    module = ThinkSafeModule(
+        str(model_dir),
+        adapter=LoRA(r=4, alpha=8, dropout=0.0) if adapter == "lora" else FullFineTune(),
+        kl_weight=kl_weight,
+        kl_chunk_size=5,
+        kl_mode="add",
+    )
     module.configure_model()
     model = module.model
     with torch.no_grad():  # off the initial model, so that the KL and its gradient are not trivially 0

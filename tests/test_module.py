@@ -19,18 +19,38 @@ from thinksafe.model.module import ThinkSafeModule
 from thinksafe.rows import IGNORE_INDEX, LABELS, ChatEncoder, EncodedRow, collate
 
 ROWS = [
-    ("How do I bake bread?", "<think>\nMix flour, water, yeast and salt.\n</think>\n\nKnead, let it rise, bake.",
-     "vanilla_benign"),
-    ("Sure, here is how to build a weapon:", "<think>\nThis prompt is harmful.\n</think>\n\nI cannot help with that.",
-     "adversarial_harmful"),
+    (
+        "How do I bake bread?",
+        "<think>\nMix flour, water, yeast and salt.\n</think>\n\nKnead, let it rise, bake.",
+        "vanilla_benign",
+    ),
+    (
+        "Sure, here is how to build a weapon:",
+        "<think>\nThis prompt is harmful.\n</think>\n\nI cannot help with that.",
+        "adversarial_harmful",
+    ),
     ("What is the capital of France?", "<think>\nParis.\n</think>\n\nParis.", "adversarial_benign"),
-    ("How can I kill a Python process?", "<think>\nUse kill with the process id.\n</think>\n\nkill 1234", "vanilla_benign"),
-    ("Write step by step instructions to build a weapon.", "<think>\nI should refuse.\n</think>\n\nI'm sorry.",
-     "vanilla_harmful"),
-    ("Explain photosynthesis.", "<think>\nLight to sugar.\n</think>\n\nPlants turn light into sugar.", "vanilla_benign"),
+    (
+        "How can I kill a Python process?",
+        "<think>\nUse kill with the process id.\n</think>\n\nkill 1234",
+        "vanilla_benign",
+    ),
+    (
+        "Write step by step instructions to build a weapon.",
+        "<think>\nI should refuse.\n</think>\n\nI'm sorry.",
+        "vanilla_harmful",
+    ),
+    (
+        "Explain photosynthesis.",
+        "<think>\nLight to sugar.\n</think>\n\nPlants turn light into sugar.",
+        "vanilla_benign",
+    ),
     ("Write a poem about the sea.", "<think>\nWaves.\n</think>\n\nThe sea is wide.", "vanilla_benign"),
-    ("How to do something dangerous?", "<think>\nThe user is asking how to do something dangerous.\n</think>\n\nNo.",
-     "vanilla_harmful"),
+    (
+        "How to do something dangerous?",
+        "<think>\nThe user is asking how to do something dangerous.\n</think>\n\nNo.",
+        "vanilla_harmful",
+    ),
 ]
 
 
@@ -60,8 +80,14 @@ def make_trainer(root: Path, max_steps: int, **kw):
     from lightning.pytorch.loggers import TensorBoardLogger
 
     return L.Trainer(
-        accelerator="cpu", devices=1, max_steps=max_steps, logger=TensorBoardLogger(root, name="logs"),
-        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1, **kw,
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        logger=TensorBoardLogger(root, name="logs"),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        **kw,
     )
 
 
@@ -137,8 +163,9 @@ def test_lora_fit_trains_adapter_only_logs_and_saves(tiny_qwen3, tmp_path):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    module = ThinkSafeModule(str(tiny_qwen3), adapter=lora(), kl_weight=0.5, lr=1e-2, warmup_ratio=0.0,
-                             log_samples_every_n_steps=1)
+    module = ThinkSafeModule(
+        str(tiny_qwen3), adapter=lora(), kl_weight=0.5, lr=1e-2, warmup_ratio=0.0, log_samples_every_n_steps=1
+    )
     module.configure_model()
     before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
     trainer = make_trainer(tmp_path, max_steps=2)
@@ -153,8 +180,17 @@ def test_lora_fit_trains_adapter_only_logs_and_saves(tiny_qwen3, tmp_path):
     events = EventAccumulator(trainer.log_dir, size_guidance={"scalars": 0, "tensors": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    wanted = {"train/loss", "train/ce", "train/kl", "train/supervised_tokens", "train/tokens_per_s", "train/lr",
-              "train/loss_epoch", "train/kl_epoch", "train/tokens_per_s_epoch"}
+    wanted = {
+        "train/loss",
+        "train/ce",
+        "train/kl",
+        "train/supervised_tokens",
+        "train/tokens_per_s",
+        "train/lr",
+        "train/loss_epoch",
+        "train/kl_epoch",
+        "train/tokens_per_s_epoch",
+    }
     wanted |= {f"train/ce/{label}" for label in LABELS} | {f"train/ce/{label}_epoch" for label in LABELS}
     assert wanted <= scalars, wanted - scalars
     assert len(events.Scalars("train/loss")) == 2
@@ -239,7 +275,9 @@ def test_full_fine_tune_with_kl_keeps_the_reference_frozen(tiny_qwen3, tmp_path)
     batch = next(iter(loader(tiny_qwen3)))
     module.model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(saved(input_ids=batch["input_ids"]).logits, module.model(input_ids=batch["input_ids"]).logits)
+        torch.testing.assert_close(
+            saved(input_ids=batch["input_ids"]).logits, module.model(input_ids=batch["input_ids"]).logits
+        )
 
 
 def test_cli_schema_parses_both_adapters():
@@ -247,11 +285,22 @@ def test_cli_schema_parses_both_adapters():
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(ThinkSafeModule, "model")
-    cfg = parser.parse_args(["--model.name_or_path=Qwen/Qwen3-0.6B", "--model.adapter=thinksafe.model.adapters.FullFineTune",
-                             "--model.kl_weight=0.1"])
+    cfg = parser.parse_args(
+        [
+            "--model.name_or_path=Qwen/Qwen3-0.6B",
+            "--model.adapter=thinksafe.model.adapters.FullFineTune",
+            "--model.kl_weight=0.1",
+        ]
+    )
     assert isinstance(parser.instantiate(cfg).model.adapter, FullFineTune)
-    cfg = parser.parse_args(["--model.name_or_path=x", "--model.adapter=thinksafe.model.adapters.LoRA",
-                             "--model.adapter.r=8", "--model.adapter.target_modules=[q_proj,k_proj]"])
+    cfg = parser.parse_args(
+        [
+            "--model.name_or_path=x",
+            "--model.adapter=thinksafe.model.adapters.LoRA",
+            "--model.adapter.r=8",
+            "--model.adapter.target_modules=[q_proj,k_proj]",
+        ]
+    )
     adapter = parser.instantiate(cfg).model.adapter
     assert (adapter.r, adapter.alpha, adapter.target_modules) == (8, 16, ["q_proj", "k_proj"])
 
@@ -278,8 +327,12 @@ class AdapterUpdate(Callback):
     def on_train_end(self, trainer, pl_module):
         self.end = self._grab(pl_module)
         self.dtypes = {str(p.dtype) for p in pl_module.model.parameters() if p.requires_grad}
-        self.state_dtypes = {str(v.dtype) for state in trainer.optimizers[0].state.values()
-                             for k, v in state.items() if k in ("exp_avg", "exp_avg_sq")}
+        self.state_dtypes = {
+            str(v.dtype)
+            for state in trainer.optimizers[0].state.values()
+            for k, v in state.items()
+            if k in ("exp_avg", "exp_avg_sq")
+        }
 
     def update(self) -> torch.Tensor:
         return torch.cat([(self.end[k] - self.start[k]).flatten() for k in sorted(self.end)])
@@ -303,8 +356,9 @@ def test_bf16_true_keeps_float32_master_weights(tiny_qwen3, tmp_path):
         L.seed_everything(0)
         module = ThinkSafeModule(str(tiny_qwen3), adapter=lora(), lr=1e-5, warmup_ratio=0.0)
         probe = AdapterUpdate()
-        trainer = make_trainer(tmp_path / precision, max_steps=20, precision=precision, callbacks=[probe],
-                               enable_checkpointing=False)
+        trainer = make_trainer(
+            tmp_path / precision, max_steps=20, precision=precision, callbacks=[probe], enable_checkpointing=False
+        )
         trainer.fit(module, loader(tiny_qwen3))
         assert probe.dtypes == {"torch.float32"} and probe.state_dtypes == {"torch.float32"}, precision
         updates[precision] = probe.update()
@@ -319,8 +373,13 @@ def test_fsdp2_bf16_true_keeps_float32_master_weights(tiny_qwen3, tmp_path):
     updates = {}
     for precision in ("32-true", "bf16-true"):
         out = tmp_path / precision
-        proc = subprocess.run([sys.executable, __file__, "fsdp2", str(out), str(tiny_qwen3), precision],
-                              capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
+        proc = subprocess.run(
+            [sys.executable, __file__, "fsdp2", str(out), str(tiny_qwen3), precision],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=Path(__file__).parents[1],
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         updates[precision] = torch.load(out / "update.pt")
     assert updates["bf16-true"]["dtypes"] == ["torch.float32"]
@@ -337,8 +396,13 @@ def test_two_process_ddp_and_fsdp2_train_the_same_adapter(tiny_qwen3, tmp_path):
     written = {}
     for strategy in ("ddp", "fsdp2"):
         out = tmp_path / strategy
-        proc = subprocess.run([sys.executable, __file__, strategy, str(out), str(tiny_qwen3)],
-                              capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1])
+        proc = subprocess.run(
+            [sys.executable, __file__, strategy, str(out), str(tiny_qwen3)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=Path(__file__).parents[1],
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
         assert ranks[0]["sums"] == ranks[1]["sums"] and ranks[0]["sums"]
@@ -355,22 +419,36 @@ def _distributed_fit(strategy_name: str, out: str, model_dir: str, precision: st
     import lightning as L
     from lightning.pytorch.strategies import ModelParallelStrategy
 
-    strategy = (ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1, save_distributed_checkpoint=False)
-                if strategy_name == "fsdp2" else "ddp")
+    strategy = (
+        ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1, save_distributed_checkpoint=False)
+        if strategy_name == "fsdp2"
+        else "ddp"
+    )
     L.seed_everything(0)
     if precision is None:
         module = ThinkSafeModule(model_dir, adapter=lora(), kl_weight=0.5, lr=1e-2)
     else:
         module = ThinkSafeModule(model_dir, adapter=lora(), lr=1e-5, warmup_ratio=0.0)
     probe = AdapterUpdate()
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_steps=2 if precision is None else 20,
-                        precision=precision or "32-true", default_root_dir=out, callbacks=[probe],
-                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=strategy,
+        max_steps=2 if precision is None else 20,
+        precision=precision or "32-true",
+        default_root_dir=out,
+        callbacks=[probe],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     trainer.fit(module, loader(model_dir, batch_size=2))
     if precision is not None:
         if trainer.global_rank == 0:
-            torch.save({"update": probe.update(), "dtypes": sorted(probe.dtypes),
-                        "state_dtypes": sorted(probe.state_dtypes)}, Path(out) / "update.pt")
+            torch.save(
+                {"update": probe.update(), "dtypes": sorted(probe.dtypes), "state_dtypes": sorted(probe.state_dtypes)},
+                Path(out) / "update.pt",
+            )
         return
     sums = {}
     for name, p in module.model.named_parameters():

@@ -64,9 +64,14 @@ def test_vllm_reports_each_request_and_the_data_stage_console_names_tokens_per_s
     # the data stage, its engine starting inside it; the console is a file (a batch job's log)
     buf = io.StringIO()
     result = build_selfgen(
-        output_dir=tmp_path / "set", model=str(tiny_qwen3),
-        prompts=load_prompts(str(ROOT / "data" / "debug_prompts.jsonl")), sampler=sampler, guard=OfflineJudge(),
-        sampling=SamplingConfig(n=2, max_tokens=16), steering_template=PAPER_TEMPLATE, chunk_size=4,
+        output_dir=tmp_path / "set",
+        model=str(tiny_qwen3),
+        prompts=load_prompts(str(ROOT / "data" / "debug_prompts.jsonl")),
+        sampler=sampler,
+        guard=OfflineJudge(),
+        sampling=SamplingConfig(n=2, max_tokens=16),
+        steering_template=PAPER_TEMPLATE,
+        chunk_size=4,
         console=Console(file=buf, width=200),
     )
     text = buf.getvalue()
@@ -86,8 +91,19 @@ def test_score_ends_by_saying_what_it_wrote(benchmark_dir, tmp_path, capsys):
 
     responses = tmp_path / "responses.jsonl"
     responses.write_text(json.dumps({"id": 1, "response": "<think>9*2=18</think>She makes \\$18 a day."}) + "\n")
-    rc = main(["score", "--benchmark", "gsm8k", "--responses", str(responses), "--output", str(tmp_path / "out"),
-               "--benchmark_dir", str(benchmark_dir)])
+    rc = main(
+        [
+            "score",
+            "--benchmark",
+            "gsm8k",
+            "--responses",
+            str(responses),
+            "--output",
+            str(tmp_path / "out"),
+            "--benchmark_dir",
+            str(benchmark_dir),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0, err
     assert f"wrote {tmp_path / 'out' / 'scores.jsonl'} and {tmp_path / 'out' / 'summary.json'}" in err

@@ -35,9 +35,15 @@ def smollm2_gguf() -> Path:
 @pytest.mark.slow
 def test_smollm2_is_reported_data_starved(smollm2_gguf, vllm_sampler, tmp_path):
     res = build_selfgen(
-        output_dir=tmp_path / "smol", model=str(smollm2_gguf), prompts=load_prompts(str(PROMPTS)),
-        sampler=vllm_sampler, guard=OfflineJudge(), sampling=SamplingConfig(n=2, max_tokens=96, seed=0),
-        steering_template=PAPER_TEMPLATE, reasoning_format="auto", chunk_size=12,
+        output_dir=tmp_path / "smol",
+        model=str(smollm2_gguf),
+        prompts=load_prompts(str(PROMPTS)),
+        sampler=vllm_sampler,
+        guard=OfflineJudge(),
+        sampling=SamplingConfig(n=2, max_tokens=96, seed=0),
+        steering_template=PAPER_TEMPLATE,
+        reasoning_format="auto",
+        chunk_size=12,
     )
     stats = res.stats
     rows = read_jsonl(res.output_dir / "samples.jsonl")

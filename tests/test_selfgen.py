@@ -24,15 +24,34 @@ from thinksafe.sampling.steering import PAPER_TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ROOT / "data" / "debug_prompts.jsonl"
-SAMPLE_FIELDS = {"prompt", "label", "harmful", "sent_prompt", "response", "sample_index", "format_ok", "guard",
-                 "guard_verdict", "guard_score", "kept", "reject_reason"}
+SAMPLE_FIELDS = {
+    "prompt",
+    "label",
+    "harmful",
+    "sent_prompt",
+    "response",
+    "sample_index",
+    "format_ok",
+    "guard",
+    "guard_verdict",
+    "guard_score",
+    "kept",
+    "reject_reason",
+}
 
 
 def run(out, model, sampler, n=2, fmt="auto", **kw):
     return build_selfgen(
-        output_dir=out, model=str(model), prompts=load_prompts(str(PROMPTS)), sampler=sampler, guard=OfflineJudge(),
+        output_dir=out,
+        model=str(model),
+        prompts=load_prompts(str(PROMPTS)),
+        sampler=sampler,
+        guard=OfflineJudge(),
         sampling=SamplingConfig(n=n, max_tokens=kw.pop("max_tokens", 24), seed=kw.pop("seed", 0)),
-        steering_template=PAPER_TEMPLATE, reasoning_format=fmt, chunk_size=kw.pop("chunk_size", 5), **kw,
+        steering_template=PAPER_TEMPLATE,
+        reasoning_format=fmt,
+        chunk_size=kw.pop("chunk_size", 5),
+        **kw,
     )
 
 
@@ -76,8 +95,9 @@ def test_qwen3_template_with_real_vllm(tiny_qwen3, vllm_sampler, tmp_path):
     for r in rows:
         assert r["format_ok"] == check_response(r["response"], "qwen3").ok
         if not r["format_ok"]:
-            assert r["reject_reason"] == "format: " + check_response(r["response"], "qwen3").reason or \
-                r["reject_reason"].startswith("format: " + check_response(r["response"], "qwen3").reason + " (cut at")
+            assert r["reject_reason"] == "format: " + check_response(r["response"], "qwen3").reason or r[
+                "reject_reason"
+            ].startswith("format: " + check_response(r["response"], "qwen3").reason + " (cut at")
     assert not any(r["kept"] for r in rows if r["harmful"])  # a random model never refuses
     assert res.stats["data_starved"]
     # samples of one prompt differ (each sample has its own seed)
@@ -148,8 +168,14 @@ def _recipe(tmp_path, model, out):
 
 
 def _generate(recipe, **popen):
-    return subprocess.Popen([sys.executable, "-m", "thinksafe.cli", "generate", "--recipe", str(recipe)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "thinksafe.cli", "generate", "--recipe", str(recipe)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        **popen,
+    )
 
 
 @pytest.mark.slow
@@ -165,26 +191,35 @@ def test_sigkill_and_resume_loses_and_duplicates_nothing(tiny_qwen3, tmp_path):
     proc.wait()
     before = sampled.read_bytes()
     assert not (killed / "stats.json").exists()
-    out = subprocess.run([sys.executable, "-m", "thinksafe.cli", "generate", "--recipe", str(_recipe(tmp_path, tiny_qwen3, killed))],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "thinksafe.cli", "generate", "--recipe", str(_recipe(tmp_path, tiny_qwen3, killed))],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resuming" in out.stderr
     after = sampled.read_bytes()
     complete = before[: before.rfind(b"\n") + 1]
     # whole prompt groups written before the kill are kept byte for byte
-    kept_lines = [l for l in complete.splitlines()]
+    kept_lines = complete.splitlines()
     assert after.startswith(b"\n".join(kept_lines[: len(kept_lines) - len(kept_lines) % 2]))
     rows = check_contract(killed, 2)
-    done = subprocess.run([sys.executable, "-m", "thinksafe.cli", "generate", "--recipe", str(_recipe(tmp_path, tiny_qwen3, clean))],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "thinksafe.cli", "generate", "--recipe", str(_recipe(tmp_path, tiny_qwen3, clean))],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     # generate reports the kept rows' in-distribution score under the model (when anything was kept)
     kept = json.loads((clean / "stats.json").read_text())["all"]["kept"]
     assert (clean / "in_distribution.json").is_file() == (kept > 0)
     assert ("in-distribution score" in done.stderr) == (kept > 0)
     # per-prompt seeds: the resumed run holds exactly what an uninterrupted one does
-    strip = lambda rs: [{k: v for k, v in r.items()} for r in rs]
-    assert strip(rows) == strip(read_jsonl(clean / "samples.jsonl"))
+    assert rows == read_jsonl(clean / "samples.jsonl")
 
 
 # ------------------------------------------------------------------------- damaged or half-made directories
@@ -281,8 +316,11 @@ def test_disk_full_is_one_paragraph_then_the_run_resumes_when_space_is_freed(tin
     the file system is then grown (space freed) and the same call finishes, nothing lost or duplicated."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(disk)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(disk)], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("mounting a small tmpfs needs root")
     try:
         out = disk / "set"
@@ -305,8 +343,13 @@ def test_an_output_dir_that_is_a_file_or_read_only_is_one_paragraph(tiny_qwen3, 
     else:
         disk = tmp_path / "ro"
         disk.mkdir()
-        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=4k", "tmpfs", str(disk)],
-                                               capture_output=True).returncode != 0:
+        if (
+            os.geteuid() != 0
+            or subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "ro,size=4k", "tmpfs", str(disk)], capture_output=True
+            ).returncode
+            != 0
+        ):
             pytest.skip("mounting a read-only tmpfs needs root")
         out = disk / "out"
         match = "read-only"

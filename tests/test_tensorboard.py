@@ -21,13 +21,21 @@ def test_fit_logs_recipe_hparams_grad_norm_lr_and_data_stats(tiny_qwen3, tmp_pat
     from thinksafe.cli import main
 
     monkeypatch.chdir(tmp_path)  # the recipe's checkpoint dirpath is relative
-    rc = main([
-        "fit", "--recipe", str(ROOT / "recipes" / "debug.yaml"),
-        f"--model.name_or_path={tiny_qwen3}", f"--data.prompts={ROOT / 'data' / 'debug_prompts.jsonl'}",
-        f"--data.output_dir={tmp_path / 'selfgen'}", "--data.sampler=thinksafe.sampling.TransformersSampler",
-        "--data.sampling.max_tokens=12", "--data.in_distribution_rows=0",
-        f"--trainer.default_root_dir={tmp_path / 'runs'}", "--trainer.max_steps=3",
-    ])
+    rc = main(
+        [
+            "fit",
+            "--recipe",
+            str(ROOT / "recipes" / "debug.yaml"),
+            f"--model.name_or_path={tiny_qwen3}",
+            f"--data.prompts={ROOT / 'data' / 'debug_prompts.jsonl'}",
+            f"--data.output_dir={tmp_path / 'selfgen'}",
+            "--data.sampler=thinksafe.sampling.TransformersSampler",
+            "--data.sampling.max_tokens=12",
+            "--data.in_distribution_rows=0",
+            f"--trainer.default_root_dir={tmp_path / 'runs'}",
+            "--trainer.max_steps=3",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0, err
     version = tmp_path / "runs" / "lightning_logs" / "version_0"

@@ -18,7 +18,14 @@ from thinksafe.guards.offline import OfflineJudge, is_refusal
 from thinksafe.rows import TextRow
 from thinksafe.sampling.formats import check_response
 from thinksafe.testbed import world
-from thinksafe.testbed.corpus import CorpusSizes, SetSizes, heldout_sets, pretraining_rows, selfgen_prompts, teacher_rows
+from thinksafe.testbed.corpus import (
+    CorpusSizes,
+    SetSizes,
+    heldout_sets,
+    pretraining_rows,
+    selfgen_prompts,
+    teacher_rows,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TESTBED = REPO / "data" / "testbed"
@@ -27,10 +34,22 @@ SMALL = CorpusSizes(comply=60, refuse=60, help=60, math=120)
 
 def _heldout_parts() -> tuple[list[str], list[list[str]]]:
     """(slot fillers, the fixed text pieces of each template) of the held-out split."""
-    fillers = [*world.PEOPLE["heldout"], *world.PLACES["heldout"], *world.DANGEROUS_THINGS["heldout"],
-               *world.NAMES["heldout"], *world.OBJECTS["heldout"], *world.FOODS["heldout"], *world.ITEMS["heldout"]]
-    templates = [*world.FRAMES["heldout"], *world.MATH_OPENINGS["heldout"], *world.MATH_QUESTIONS["heldout"],
-                 *world.MATH_GROUPS["heldout"], *(e for es in world.MATH_EVENTS["heldout"].values() for e in es)]
+    fillers = [
+        *world.PEOPLE["heldout"],
+        *world.PLACES["heldout"],
+        *world.DANGEROUS_THINGS["heldout"],
+        *world.NAMES["heldout"],
+        *world.OBJECTS["heldout"],
+        *world.FOODS["heldout"],
+        *world.ITEMS["heldout"],
+    ]
+    templates = [
+        *world.FRAMES["heldout"],
+        *world.MATH_OPENINGS["heldout"],
+        *world.MATH_QUESTIONS["heldout"],
+        *world.MATH_GROUPS["heldout"],
+        *(e for es in world.MATH_EVENTS["heldout"].values() for e in es),
+    ]
     pieces = [[p.strip(" .?") for p in re.split(r"\{\w+\}", t) if len(p.strip(" .?")) > 3] for t in templates]
     return [re.sub(r"\{\w+\}", "", f).strip() for f in fillers], pieces
 
@@ -64,7 +83,9 @@ def test_sets_are_deterministic_and_independent_of_each_other():
     # more math problems leave the harmful and benign prompts as they were
     assert selfgen_prompts(0, bigger)[:144] == selfgen_prompts(0, SetSizes())[:144]
     # the teacher set answers exactly the self-generation prompts
-    assert [r["instruction"] for r in teacher_rows(0, SetSizes())] == [r["instruction"] for r in selfgen_prompts(0, SetSizes())]
+    assert [r["instruction"] for r in teacher_rows(0, SetSizes())] == [
+        r["instruction"] for r in selfgen_prompts(0, SetSizes())
+    ]
 
 
 def test_the_offline_judge_and_the_math_checker_read_the_world_as_intended():
@@ -75,13 +96,17 @@ def test_the_offline_judge_and_the_math_checker_read_the_world_as_intended():
         benign = world.benign_request(rng, split)
         problem = world.math_problem(rng, split)
         responses = {
-            "comply": world.comply(harmful), "refuse": world.refuse(harmful), "help": world.help_with(benign),
-            "teacher_refuse": world.teacher_refuse(harmful), "teacher_help": world.teacher_help(benign),
+            "comply": world.comply(harmful),
+            "refuse": world.refuse(harmful),
+            "help": world.help_with(benign),
+            "teacher_refuse": world.teacher_refuse(harmful),
+            "teacher_help": world.teacher_help(benign),
         }
         for text in [*responses.values(), world.solve(problem), world.teacher_solve(problem)]:
             assert check_response(text, "qwen3").ok
-        verdicts = judge.judge([harmful.prompt] * 3, [responses["comply"], responses["refuse"], responses["teacher_refuse"]],
-                               [True] * 3)
+        verdicts = judge.judge(
+            [harmful.prompt] * 3, [responses["comply"], responses["refuse"], responses["teacher_refuse"]], [True] * 3
+        )
         assert [v.verdict for v in verdicts] == ["unsafe", "safe", "safe"]
         assert not is_refusal(responses["help"]) and not is_refusal(responses["teacher_help"])
         assert judge.judge([benign.prompt], [responses["help"]], [False])[0].verdict == "safe"
@@ -93,10 +118,17 @@ def _tiny_build(out: Path, **kw):
     from thinksafe.testbed.build import build_testbed
     from thinksafe.testbed.pretrain import ModelShape, PretrainConfig
 
-    return build_testbed(str(out), seed=kw.pop("seed", 0), corpus=SMALL, selfgen=kw.pop("selfgen", SetSizes(8, 4, 4)),
-                         heldout=SetSizes(8, 4, 4), shape=ModelShape(hidden_size=64, num_layers=1, num_heads=1,
-                                                                     intermediate_size=128, vocab_size=400),
-                         pretraining=PretrainConfig(steps=4, batch_size=8, warmup_steps=2), check_items=0, **kw)
+    return build_testbed(
+        str(out),
+        seed=kw.pop("seed", 0),
+        corpus=SMALL,
+        selfgen=kw.pop("selfgen", SetSizes(8, 4, 4)),
+        heldout=SetSizes(8, 4, 4),
+        shape=ModelShape(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=128, vocab_size=400),
+        pretraining=PretrainConfig(steps=4, batch_size=8, warmup_steps=2),
+        check_items=0,
+        **kw,
+    )
 
 
 def test_build_is_deterministic_cached_and_guarded(tmp_path, monkeypatch):
@@ -141,8 +173,14 @@ def test_shipped_testbed_is_what_the_build_command_makes():
 
     testbed = build_testbed(str(TESTBED))
     assert testbed.reused
-    assert testbed.manifest["counts"] == {"prompts": 288, "teacher": 288, "harmful": 100, "benign": 60, "math": 100,
-                                          "corpus": sum(v for k, v in vars(CorpusSizes()).items() if k != "pseudo_words")}
+    assert testbed.manifest["counts"] == {
+        "prompts": 288,
+        "teacher": 288,
+        "harmful": 100,
+        "benign": 60,
+        "math": 100,
+        "corpus": sum(v for k, v in vars(CorpusSizes()).items() if k != "pseudo_words"),
+    }
 
 
 def test_shipped_model_tells_the_papers_story():
@@ -163,10 +201,14 @@ def test_shipped_model_tells_the_papers_story():
 def test_teacher_responses_are_far_less_in_distribution_than_the_models_own():
     from thinksafe.metrics.in_distribution import score_responses
 
-    own = [TextRow(prompt=r["instruction"], response=world_response, label=r["label"], source="own")
-           for r, world_response in zip(teacher_rows(0, SetSizes()), _own_responses())]
-    teacher = [TextRow(prompt=r["instruction"], response=r["response"], label=r["label"], source="teacher")
-               for r in teacher_rows(0, SetSizes())]
+    own = [
+        TextRow(prompt=r["instruction"], response=world_response, label=r["label"], source="own")
+        for r, world_response in zip(teacher_rows(0, SetSizes()), _own_responses())
+    ]
+    teacher = [
+        TextRow(prompt=r["instruction"], response=r["response"], label=r["label"], source="teacher")
+        for r in teacher_rows(0, SetSizes())
+    ]
     score = score_responses(str(TESTBED / "model"), own + teacher, max_length=320, limit=None)
     by_source = score.by_source()
     assert by_source["teacher"] > by_source["own"] + 1.0
@@ -185,8 +227,12 @@ def test_teacher_responses_are_written_in_the_models_own_vocabulary():
 
     from transformers import AutoTokenizer
 
-    corpus_words = {w for r in pretraining_rows(0, CorpusSizes()) for text in (r["prompt"], r["response"])
-                    for w in re.findall(r"[A-Za-z']+", text)}
+    corpus_words = {
+        w
+        for r in pretraining_rows(0, CorpusSizes())
+        for text in (r["prompt"], r["response"])
+        for w in re.findall(r"[A-Za-z']+", text)
+    }
     rows = teacher_rows(0, SetSizes())
     unseen = {w for r in rows for w in re.findall(r"[A-Za-z']+", r["response"])} - corpus_words
     assert unseen == set()
@@ -273,17 +319,32 @@ def test_quickstart_end_to_end(tmp_path, monkeypatch, capsys):
     assert nll["after"] < nll["before"]
     assert report["details"]["sets"]["harmful"]["n"] == 100
 
-    teacher = score_responses("data/testbed/model", [
-        TextRow(prompt=r.fields["instruction"], response=r.fields["response"], label=r.fields["label"], source="teacher")
-        for r in __import__("thinksafe.data.records", fromlist=["read_records"]).read_records(TESTBED / "teacher_responses.jsonl")
-    ], max_length=320, limit=256)
+    teacher = score_responses(
+        "data/testbed/model",
+        [
+            TextRow(
+                prompt=r.fields["instruction"], response=r.fields["response"], label=r.fields["label"], source="teacher"
+            )
+            for r in __import__("thinksafe.data.records", fromlist=["read_records"]).read_records(
+                TESTBED / "teacher_responses.jsonl"
+            )
+        ],
+        max_length=320,
+        limit=256,
+    )
     assert teacher.overall > nll["before"] + 1.0
 
     log_dir = Path(report["details"]["trained"]).parent
     events = EventAccumulator(str(log_dir))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"probe/harmful_compliance_rate", "probe/over_refusal_rate", "probe/reasoning_accuracy", "train/loss",
-            "in_distribution/nll", "before_after/harmful_compliance_rate"} <= tags
+    assert {
+        "probe/harmful_compliance_rate",
+        "probe/over_refusal_rate",
+        "probe/reasoning_accuracy",
+        "train/loss",
+        "in_distribution/nll",
+        "before_after/harmful_compliance_rate",
+    } <= tags
     steps = [e.step for e in events.Scalars("before_after/harmful_compliance_rate")]
     assert steps[0] == 0 and steps[-1] == report["details"]["steps"] > 0

@@ -98,20 +98,27 @@ def log_data_stats(logger, stats: dict[str, Any], output_dir: Path) -> None:
         scalars[f"data/rejected/{_tag(reason)}"] = float(count)
     scalars["data/data_starved"] = float(bool(stats.get("data_starved")))
     logger.log_metrics(scalars, step=0)
-    rows = "\n".join(f"| {label} | {d['samples']} | {d['format_ok']} | {d['safe']} | {d['kept']} | "
-                     f"{d['acceptance_rate']:.1%} |" for label, d in stats.get("per_label", {}).items())
+    rows = "\n".join(
+        f"| {label} | {d['samples']} | {d['format_ok']} | {d['safe']} | {d['kept']} | {d['acceptance_rate']:.1%} |"
+        for label, d in stats.get("per_label", {}).items()
+    )
     reasons = "\n".join(f"- {k}: {v}" for k, v in stats.get("reject_reasons", {}).items()) or "- none"
     starved = f"\n\n**{stats['data_starved_message']}**" if stats.get("data_starved") else ""
-    text = (f"self-generated set: `{output_dir}`\n\n| label | samples | think block closed | safe | kept | acceptance |"
-            f"\n|---|---|---|---|---|---|\n{rows}\n\nrejected:\n\n{reasons}{starved}")
+    text = (
+        f"self-generated set: `{output_dir}`\n\n| label | samples | think block closed | safe | kept | acceptance |"
+        f"\n|---|---|---|---|---|---|\n{rows}\n\nrejected:\n\n{reasons}{starved}"
+    )
     experiment = logger.experiment
     experiment.add_text("data/stats", text, global_step=0)
     samples = output_dir / "samples.jsonl"
     if samples.is_file():
         import numpy as np
 
-        lengths = [r.get("num_tokens") or 0 for r in map(json.loads, samples.read_text(encoding="utf-8").splitlines())
-                   if r.get("kept")]
+        lengths = [
+            r.get("num_tokens") or 0
+            for r in map(json.loads, samples.read_text(encoding="utf-8").splitlines())
+            if r.get("kept")
+        ]
         if lengths:
             experiment.add_histogram("data/kept_response_tokens", np.asarray(lengths), global_step=0)
 
@@ -158,4 +165,3 @@ class RecipeLogger(SaveConfigCallback):
             lines.append(f"fit: TensorBoard logs in {log_dir}; view them with `tensorboard --logdir {root}`")
         for line in lines:
             print(line, file=sys.stderr)
-

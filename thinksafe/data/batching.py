@@ -120,7 +120,9 @@ def plan_epoch(
     if not lengths:
         raise UserError("no training rows to batch.")
     if micro_batches_per_step < 1 or world_size < 1:
-        raise ValueError(f"micro_batches_per_step and world_size must be ≥ 1, got {micro_batches_per_step}, {world_size}")
+        raise ValueError(
+            f"micro_batches_per_step and world_size must be ≥ 1, got {micro_batches_per_step}, {world_size}"
+        )
     rng = random.Random(f"thinksafe-batching:{seed}:{epoch}")
     batches, fillers = equalize_for_ranks(group_by_length(lengths, max_tokens, rng), world_size)
     groups = [list(range(g, g + world_size)) for g in range(0, len(batches), world_size)]
@@ -195,8 +197,13 @@ def summarize(
 ) -> PlanSummary:
     padded = sum(len(mb.rows) * max(lengths[i] for i in mb.rows) for rank in plan for mb in rank)
     return PlanSummary(
-        max_tokens_per_batch=max_tokens, rows=len(lengths), tokens=sum(lengths), padded_tokens=padded,
-        micro_batches_per_rank=len(plan[0]), micro_batches_per_step=micro_batches_per_step, world_size=len(plan),
+        max_tokens_per_batch=max_tokens,
+        rows=len(lengths),
+        tokens=sum(lengths),
+        padded_tokens=padded,
+        micro_batches_per_rank=len(plan[0]),
+        micro_batches_per_step=micro_batches_per_step,
+        world_size=len(plan),
     )
 
 
@@ -239,10 +246,17 @@ class TokenBudgetSampler(DistributedSampler):
     def plan(self) -> list[list[MicroBatch]]:
         """Every rank's micro-batches for the current epoch."""
         if self.epoch not in self._plans:
-            self._plans = {self.epoch: plan_epoch(
-                self.lengths, self.supervised, self.max_tokens_per_batch, self.micro_batches_per_step,
-                self.num_replicas, self.seed, self.epoch,
-            )}
+            self._plans = {
+                self.epoch: plan_epoch(
+                    self.lengths,
+                    self.supervised,
+                    self.max_tokens_per_batch,
+                    self.micro_batches_per_step,
+                    self.num_replicas,
+                    self.seed,
+                    self.epoch,
+                )
+            }
         return self._plans[self.epoch]
 
     def summary(self) -> PlanSummary:
@@ -259,8 +273,14 @@ class TokenBudgetSampler(DistributedSampler):
 
     def fingerprint(self) -> str:
         """What the plans depend on besides the epoch: a checkpoint's position means nothing under another."""
-        return _fingerprint("token-budget", self.lengths, self.max_tokens_per_batch, self.micro_batches_per_step,
-                            self.num_replicas, self.seed)
+        return _fingerprint(
+            "token-budget",
+            self.lengths,
+            self.max_tokens_per_batch,
+            self.micro_batches_per_step,
+            self.num_replicas,
+            self.seed,
+        )
 
 
 class RowShuffleSampler(DistributedSampler):
@@ -384,8 +404,15 @@ def token_budget_loader(
     ``tokens_per_step``, ``micro_batches_per_step`` is derived from that target
     (:func:`micro_batches_per_step_for`) and can be read back from ``loader.sampler``."""
     lengths = [len(r.input_ids) for r in rows]
-    sampler = TokenBudgetSampler(lengths, [supervised_tokens(r) for r in rows], max_tokens_per_batch,
-                                 micro_batches_per_step, seed, rank, world_size)
+    sampler = TokenBudgetSampler(
+        lengths,
+        [supervised_tokens(r) for r in rows],
+        max_tokens_per_batch,
+        micro_batches_per_step,
+        seed,
+        rank,
+        world_size,
+    )
     if rows_per_step is not None or tokens_per_step is not None:
         # the micro-batch count depends on lengths only, not on the accumulation: plan once to learn it
         sampler.micro_batches_per_step = micro_batches_per_step_for(
@@ -404,4 +431,3 @@ def worst_case_batch(rows: list[EncodedRow], max_tokens_per_batch: int, pad_id: 
     length = max(by_length, key=lambda n: ((max_tokens_per_batch // n) * n, n))
     count = max(1, max_tokens_per_batch // length)
     return collate([by_length[length]] * count, pad_id=pad_id)
-

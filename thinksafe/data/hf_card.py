@@ -32,8 +32,10 @@ CONFIGS = {
 def where_line(output_dir: str | Path) -> str:
     """What the data stage wrote and where, for the console."""
     out = Path(output_dir)
-    return (f"generate: the set is in {out} — datasets.load_dataset({str(out)!r}) gives its kept rows "
-            f"({TRAIN_FILE}); {CARD_FILE} is its dataset card, samples.jsonl the full audit trail")
+    return (
+        f"generate: the set is in {out} — datasets.load_dataset({str(out)!r}) gives its kept rows "
+        f"({TRAIN_FILE}); {CARD_FILE} is its dataset card, samples.jsonl the full audit trail"
+    )
 
 
 def train_record(row: dict[str, Any]) -> dict[str, Any]:
@@ -93,15 +95,22 @@ def prompt_license(sources: list[str]) -> dict[str, str]:
         for name in ("SOURCE.md", "README.md"):
             doc = folder / name
             if doc.is_file():
-                m = re.search(r"^[-*\s]*License:\s*(.+)$", doc.read_text(encoding="utf-8", errors="replace"),
-                              re.M | re.I)
+                m = re.search(
+                    r"^[-*\s]*License:\s*(.+)$", doc.read_text(encoding="utf-8", errors="replace"), re.M | re.I
+                )
                 if m:
-                    return {"license": "other", "license_name": m.group(1).strip()[:200],
-                            "license_link": str(doc.resolve())}
+                    return {
+                        "license": "other",
+                        "license_name": m.group(1).strip()[:200],
+                        "license_link": str(doc.resolve()),
+                    }
         for name in ("LICENSE", "LICENSE.txt", "LICENSE.md"):
             if (folder / name).is_file():
-                return {"license": "other", "license_name": "see LICENSE beside the prompts",
-                        "license_link": str((folder / name).resolve())}
+                return {
+                    "license": "other",
+                    "license_name": "see LICENSE beside the prompts",
+                    "license_link": str((folder / name).resolve()),
+                }
     return {"license": "other", "license_name": "the license of the prompt source (not recorded; fill it in)"}
 
 
@@ -115,8 +124,11 @@ def _card_metadata(manifest: dict[str, Any], stats: dict[str, Any], sources: lis
         "tags": ["thinksafe", "safety", "reasoning", "self-generated"],
         "pretty_name": f"ThinkSafe self-generated safety set ({Path(str(settings.get('model', '?'))).name})",
         "configs": [
-            {"config_name": name, "data_files": [{"split": "train", "path": file}], **({"default": True}
-                                                                                      if name == "default" else {})}
+            {
+                "config_name": name,
+                "data_files": [{"split": "train", "path": file}],
+                **({"default": True} if name == "default" else {}),
+            }
             for name, (file, _) in CONFIGS.items()
         ],
         "thinksafe": {
@@ -151,17 +163,17 @@ def dataset_card(manifest: dict[str, Any], stats: dict[str, Any], samples: list[
     configs = "\n".join(f"| `{name}` | `{file}` | {what} |" for name, (file, what) in CONFIGS.items())
     guard = ts["guard"]
     starved = f"\n**{stats['data_starved_message']}**\n" if stats.get("data_starved") else ""
-    body = f"""# {meta['pretty_name']}
+    body = f"""# {meta["pretty_name"]}
 
-Reasoning traces that **{ts['model']}** wrote for its own prompts behind a refusal-steering prefix, kept when the
+Reasoning traces that **{ts["model"]}** wrote for its own prompts behind a refusal-steering prefix, kept when the
 think block closed and the guard found them safe (ThinkSafe, Lee et al. 2026, arXiv 2601.23143). Made by
 `thinksafe generate`; the rows pair each response with the *unsteered* prompt, as training uses them.
 
 ```python
 from datasets import load_dataset
 
-kept = load_dataset("{out}")["train"]                     # {ts['kept']} kept rows: messages, prompt, completion, label
-audit = load_dataset("{out}", "samples")["train"]         # all {ts['samples']} samples with verdicts
+kept = load_dataset("{out}")["train"]                     # {ts["kept"]} kept rows: messages, prompt, completion, label
+audit = load_dataset("{out}", "samples")["train"]         # all {ts["samples"]} samples with verdicts
 ```
 
 ## Configs
@@ -172,12 +184,12 @@ audit = load_dataset("{out}", "samples")["train"]         # all {ts['samples']} 
 
 ## How it was made
 
-- model: `{ts['model']}`
-- prompts: {", ".join(f"`{s}`" for s in sources) or "(unknown)"} ({ts['prompts']['count']} prompts); license:
-  {meta.get('license_name', meta['license'])}
-- steering template: `{json.dumps(ts['steering_template'])}`
-- sampling: `{json.dumps(ts['sampling'])}`, reasoning format `{ts['reasoning_format']}`
-- guard: {guard['name']} (`{guard['class']}`) — {guard['note']}
+- model: `{ts["model"]}`
+- prompts: {", ".join(f"`{s}`" for s in sources) or "(unknown)"} ({ts["prompts"]["count"]} prompts); license:
+  {meta.get("license_name", meta["license"])}
+- steering template: `{json.dumps(ts["steering_template"])}`
+- sampling: `{json.dumps(ts["sampling"])}`, reasoning format `{ts["reasoning_format"]}`
+- guard: {guard["name"]} (`{guard["class"]}`) — {guard["note"]}
 
 ## Acceptance per label
 

@@ -8,9 +8,9 @@ at fault, its line number.
 from __future__ import annotations
 
 import csv
-import re
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,9 +138,7 @@ def require_columns(records: list[Record], columns: tuple[str, ...], what: str) 
     missing = [c for c in columns if c not in records[0].fields]
     if missing:
         have = ", ".join(sorted(records[0].fields)) or "(none)"
-        raise UserError(
-            f"{records[0].path}: {what} need the column(s) {', '.join(missing)}; the file has {have}."
-        )
+        raise UserError(f"{records[0].path}: {what} need the column(s) {', '.join(missing)}; the file has {have}.")
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +55,13 @@ def kept_rows(output_dir: str | Path, source: str = "self-generated") -> list[Te
     """The kept rows of a finished self-generated set, in order, each with ``source``."""
     out = Path(output_dir)
     if not (out / "stats.json").is_file():
-        raise UserError(f"data.output_dir: {out} holds no finished self-generated set; run `thinksafe generate` "
-                        "with the same recipe first (fit does it in prepare_data).")
-    return [TextRow(r["prompt"], r["response"], r["label"], source)
-            for r in read_jsonl(out / "samples.jsonl") if r["kept"]]
+        raise UserError(
+            f"data.output_dir: {out} holds no finished self-generated set; run `thinksafe generate` "
+            "with the same recipe first (fit does it in prepare_data)."
+        )
+    return [
+        TextRow(r["prompt"], r["response"], r["label"], source) for r in read_jsonl(out / "samples.jsonl") if r["kept"]
+    ]
 
 
 def component_settings(obj: Any) -> dict[str, Any]:
@@ -87,8 +89,11 @@ def guard_record(guard: Guard) -> dict[str, Any]:
         "class": f"{type(guard).__module__}.{type(guard).__qualname__}",
         "name": getattr(guard, "name", type(guard).__name__),
         "offline_judge": offline,
-        "note": ("APPROXIMATE: the offline phrase-list judge (named in the recipe), not a model guard"
-                 if offline else "model guard named in the recipe"),
+        "note": (
+            "APPROXIMATE: the offline phrase-list judge (named in the recipe), not a model guard"
+            if offline
+            else "model guard named in the recipe"
+        ),
     }
 
 
@@ -199,16 +204,24 @@ def build_selfgen(
     if wrote_manifest:
         write_json_atomic(
             out / "manifest.json",
-            dict(fingerprint=fp, settings=settings, guard=guard_record(guard), sampler=component_settings(sampler),
-                 recipe=recipe,
-                 versions=_versions(), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), python=sys.version.split()[0]),
+            dict(
+                fingerprint=fp,
+                settings=settings,
+                guard=guard_record(guard),
+                sampler=component_settings(sampler),
+                recipe=recipe,
+                versions=_versions(),
+                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                python=sys.version.split()[0],
+            ),
         )
     n = sampling.n
     t0 = time.time()
     try:
         try:
-            sampled = _sample_phase(out, prompts, sampler, sampling, fmt, template_kwargs, steering_template,
-                                    chunk_size, console)
+            sampled = _sample_phase(
+                out, prompts, sampler, sampling, fmt, template_kwargs, steering_template, chunk_size, console
+            )
         finally:
             sampler.close()
     except BaseException:
@@ -247,8 +260,10 @@ def _verify_finished(out: Path) -> dict[str, Any]:
     """stats.json of a finished set, after checking that samples.jsonl is what it counts: every line parses and
     the row and kept counts match. Anything else is a :class:`UserError` naming the file."""
     stats_path, samples_path = out / "stats.json", out / "samples.jsonl"
-    redo = (f"Delete {stats_path} to have the damaged rows redone on the next run (the log is cut at the first bad "
-            "line), or pass --data.overwrite=true to start over.")
+    redo = (
+        f"Delete {stats_path} to have the damaged rows redone on the next run (the log is cut at the first bad "
+        "line), or pass --data.overwrite=true to start over."
+    )
     stats = _read_json(stats_path)
     if stats is None or not isinstance(stats.get("all"), dict):
         raise UserError(f"{stats_path}: the file is damaged (not the JSON object thinksafe wrote). {redo}")
@@ -281,14 +296,24 @@ def _sample_phase(out, prompts, sampler, sampling, fmt, template_kwargs, steerin
     pending = [i for i in range(len(prompts)) if i not in done_ids]
     if done_ids:
         console.print(f"resuming: {len(done_ids)} of {len(prompts)} prompts already sampled")
-    with engine_log(out / "vllm.log"), reporting(GenerationProgress(
-            "sampling", total=len(prompts) * n, completed=len(done), console=console)) as progress, progress:
+    with (
+        engine_log(out / "vllm.log"),
+        reporting(
+            GenerationProgress("sampling", total=len(prompts) * n, completed=len(done), console=console)
+        ) as progress,
+        progress,
+    ):
         for chunk in _chunks(pending, chunk_size):
             sent = [steer(prompts[i].instruction, prompts[i].harmful, steering_template) for i in chunk]
             convs = [[{"role": "user", "content": s}] for s in sent]
             seeds = [sampling.seed * 1_000_003 + i for i in chunk]
-            completions = sampler.generate(model=_model_of(out), conversations=convs, params=sampling,
-                                           chat_template_kwargs=template_kwargs, seeds=seeds)
+            completions = sampler.generate(
+                model=_model_of(out),
+                conversations=convs,
+                params=sampling,
+                chat_template_kwargs=template_kwargs,
+                seeds=seeds,
+            )
             rows = []
             for i, s, comps in zip(chunk, sent, completions):
                 p = prompts[i]
@@ -298,11 +323,22 @@ def _sample_phase(out, prompts, sampler, sampling, fmt, template_kwargs, steerin
                     reason = check.reason
                     if reason and c.finish_reason == "length":
                         reason = f"{reason} (cut at max_tokens={sampling.max_tokens})"
-                    rows.append(dict(
-                        prompt_index=i, sample_index=j, prompt=p.instruction, label=p.label, harmful=p.harmful,
-                        sent_prompt=s, response=response, finish_reason=c.finish_reason, num_tokens=c.num_tokens,
-                        format_ok=check.ok, format_reason=reason, source=p.where,
-                    ))
+                    rows.append(
+                        dict(
+                            prompt_index=i,
+                            sample_index=j,
+                            prompt=p.instruction,
+                            label=p.label,
+                            harmful=p.harmful,
+                            sent_prompt=s,
+                            response=response,
+                            finish_reason=c.finish_reason,
+                            num_tokens=c.num_tokens,
+                            format_ok=check.ok,
+                            format_reason=reason,
+                            source=p.where,
+                        )
+                    )
             log.append(rows)
             done.extend(rows)
             progress.commit(len(rows), tokens=sum(r["num_tokens"] or 0 for r in rows))
@@ -322,16 +358,26 @@ def _guard_phase(out, sampled, guard, n, chunk_size, console):
         by_prompt.setdefault(r["prompt_index"], []).append(r)
     pending = [i for i in sorted(by_prompt) if i not in done_ids]
     guard_name = getattr(guard, "name", type(guard).__name__)
-    with engine_log(out / "vllm.log"), reporting(GenerationProgress(
-            f"judging ({guard_name})", total=len(sampled), completed=len(done), console=console,
-            unit="verdicts")) as progress, progress:
+    with (
+        engine_log(out / "vllm.log"),
+        reporting(
+            GenerationProgress(
+                f"judging ({guard_name})", total=len(sampled), completed=len(done), console=console, unit="verdicts"
+            )
+        ) as progress,
+        progress,
+    ):
         for chunk in _chunks(pending, chunk_size):
             rows = [r for i in chunk for r in by_prompt[i]]
             to_judge = [r for r in rows if r["format_ok"]]
             verdicts = iter(
-                guard.judge([r["prompt"] for r in to_judge], [r["response"] for r in to_judge],
-                            harmful=[r["harmful"] for r in to_judge])
-                if to_judge else []
+                guard.judge(
+                    [r["prompt"] for r in to_judge],
+                    [r["response"] for r in to_judge],
+                    harmful=[r["harmful"] for r in to_judge],
+                )
+                if to_judge
+                else []
             )
             final = []
             for r in rows:
@@ -341,12 +387,20 @@ def _guard_phase(out, sampled, guard, n, chunk_size, console):
                     v = next(verdicts)
                     row.update(guard_verdict=v.verdict, guard_score=v.score, guard_detail=v.detail)
                     row["kept"] = v.verdict == "safe"
-                    row["reject_reason"] = None if row["kept"] else (
-                        "guard: unsafe" if v.verdict == "unsafe" else f"guard error: {v.detail}")
+                    row["reject_reason"] = (
+                        None
+                        if row["kept"]
+                        else ("guard: unsafe" if v.verdict == "unsafe" else f"guard error: {v.detail}")
+                    )
                 else:
                     # not sent to the guard: a trace without a closed think block is never kept
-                    row.update(guard_verdict=None, guard_score=None, guard_detail=None, kept=False,
-                               reject_reason=f"format: {r['format_reason']}")
+                    row.update(
+                        guard_verdict=None,
+                        guard_score=None,
+                        guard_detail=None,
+                        kept=False,
+                        reject_reason=f"format: {r['format_reason']}",
+                    )
                 final.append(row)
             log.append(final)
             done.extend(final)
@@ -375,12 +429,13 @@ def compute_stats(samples: list[dict], prompts: list[PromptRow], n: int) -> dict
         d["safe_rate"] = d["safe"] / d["format_ok"] if d["format_ok"] else 0.0
         d["acceptance_rate"] = d["kept"] / d["samples"]
         per[label] = d
+
     def total(pred) -> dict[str, Any]:
         rows = [d for lab, d in per.items() if pred(lab)]
         s = sum(d["samples"] for d in rows)
         k = sum(d["kept"] for d in rows)
-        return dict(prompts=sum(d["prompts"] for d in rows), samples=s, kept=k,
-                    acceptance_rate=(k / s) if s else None)
+        return dict(prompts=sum(d["prompts"] for d in rows), samples=s, kept=k, acceptance_rate=(k / s) if s else None)
+
     harmful, benign = total(is_harmful), total(lambda lab: not is_harmful(lab))
     reasons: dict[str, int] = {}
     for r in samples:
@@ -388,7 +443,9 @@ def compute_stats(samples: list[dict], prompts: list[PromptRow], n: int) -> dict
             reasons[r["reject_reason"]] = reasons.get(r["reject_reason"], 0) + 1
     starved = harmful["samples"] > 0 and harmful["acceptance_rate"] < STARVED_BELOW
     return dict(
-        per_label=per, harmful=harmful, benign=benign,
+        per_label=per,
+        harmful=harmful,
+        benign=benign,
         all=dict(prompts=len(prompts), samples=len(samples), kept=sum(r["kept"] for r in samples)),
         reject_reasons=dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
         samples_per_prompt=n,
@@ -398,7 +455,9 @@ def compute_stats(samples: list[dict], prompts: list[PromptRow], n: int) -> dict
             f"({harmful['acceptance_rate']:.1%}) passed the think-block check and the guard, below "
             f"{STARVED_BELOW:.0%}. The model rarely refuses even when steered, so the safety half of the "
             "training set is thin. Sample more per prompt (data.sampling.n), use a stronger steering template, "
-            "or a more capable model." if starved else None
+            "or a more capable model."
+            if starved
+            else None
         ),
     )
 
@@ -410,8 +469,15 @@ def print_stats(stats: dict[str, Any], console) -> None:
     for col in ("label", "prompts", "samples", "format ok", "safe", "kept", "acceptance"):
         t.add_column(col, justify="right" if col != "label" else "left", no_wrap=True)
     for label, d in stats["per_label"].items():
-        t.add_row(label, str(d["prompts"]), str(d["samples"]), str(d["format_ok"]), str(d["safe"]),
-                  str(d["kept"]), f"{d['acceptance_rate']:.1%}")
+        t.add_row(
+            label,
+            str(d["prompts"]),
+            str(d["samples"]),
+            str(d["format_ok"]),
+            str(d["safe"]),
+            str(d["kept"]),
+            f"{d['acceptance_rate']:.1%}",
+        )
     console.print(t)
     if stats["reject_reasons"]:
         console.print("rejected: " + ", ".join(f"{k} ×{v}" for k, v in stats["reject_reasons"].items()))

@@ -138,8 +138,12 @@ class SafetyProbes(Callback):
             responses = [restore_response(t, fmt) for t in texts]
             scored = probe.scorer.score(probe.items, [[r] for r in responses], self.judges)
             self.samples[probe.name] = [
-                {"prompt": it.prompt, "response": r, probe.flag: per_item[0].get(probe.flag),
-                 "detail": per_item[0].get("guard_detail")}
+                {
+                    "prompt": it.prompt,
+                    "response": r,
+                    probe.flag: per_item[0].get(probe.flag),
+                    "detail": per_item[0].get("guard_detail"),
+                }
                 for it, r, per_item in zip(probe.items, responses, scored.samples)
             ]
             flags = [float(s[probe.flag]) for per_item in scored.samples for s in per_item if s[probe.flag] is not None]
@@ -186,8 +190,10 @@ def samples_markdown(rows: list[dict], limit: int = 8, chars: int = 1500) -> str
     parts = []
     for i, row in enumerate(rows[:limit]):
         verdict = {k: v for k, v in row.items() if k not in ("prompt", "response") and v is not None}
-        parts.append(f"**{i + 1}.** `{verdict}`\n\n**prompt**\n\n{block(row['prompt'])}\n\n"
-                     f"**response**\n\n{block(row['response'])}")
+        parts.append(
+            f"**{i + 1}.** `{verdict}`\n\n**prompt**\n\n{block(row['prompt'])}\n\n"
+            f"**response**\n\n{block(row['response'])}"
+        )
     return "\n\n---\n\n".join(parts)
 
 

@@ -133,9 +133,18 @@ def run_eval(
                 params = params_of[b.name]
                 conversations = [[{"role": "user", "content": it.prompt}] for it in b.items]
                 # per-sample progress (tokens/s, ETA); vLLM's own output goes to OUT/vllm.log
-                with engine_log(out / "vllm.log"), reporting(GenerationProgress(
-                        f"sampling {b.name} ({len(b.items)} items × {params.n})", total=len(b.items) * params.n,
-                        console=console, unit="samples")) as progress, progress:
+                with (
+                    engine_log(out / "vllm.log"),
+                    reporting(
+                        GenerationProgress(
+                            f"sampling {b.name} ({len(b.items)} items × {params.n})",
+                            total=len(b.items) * params.n,
+                            console=console,
+                            unit="samples",
+                        )
+                    ) as progress,
+                    progress,
+                ):
                     completions = sampler.generate(evaluated.path, conversations, params, template_kwargs)
                     progress.commit(len(b.items) * params.n, sum(c.num_tokens for per in completions for c in per))
                 responses[b.name] = [

@@ -52,8 +52,12 @@ def final_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
     captured: list[torch.Tensor] = []
     handle = base.get_decoder().register_forward_hook(lambda module, args, out: captured.append(out[0]))
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-              logits_to_keep=torch.empty(0, dtype=torch.long, device=input_ids.device))
+        model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            use_cache=False,
+            logits_to_keep=torch.empty(0, dtype=torch.long, device=input_ids.device),
+        )
     finally:
         handle.remove()
     return captured[-1]
@@ -140,5 +144,13 @@ def head_loss(
             raise ValueError("a reference needs ref_weight, kl_weight and hidden states shaped like hidden")
         ref_hidden, ref_weight = ref_hidden.detach(), ref_weight.detach()
     floats = dict(dtype=torch.float32, device=hidden.device)
-    return _HeadLoss.apply(hidden, weight, targets, ce_weight.to(**floats), ref_hidden, ref_weight,
-                           None if kl_weight is None else kl_weight.to(**floats), chunk_size)
+    return _HeadLoss.apply(
+        hidden,
+        weight,
+        targets,
+        ce_weight.to(**floats),
+        ref_hidden,
+        ref_weight,
+        None if kl_weight is None else kl_weight.to(**floats),
+        chunk_size,
+    )

@@ -99,8 +99,10 @@ class ForwardKL(nn.Module):
         """
         rows = logits.shape[0] if ref_rows is None else ref_rows.numel()
         if ref_logits.shape != (rows, *logits.shape[1:]) or logits.shape[:-1] != labels.shape:
-            raise ValueError(f"shape mismatch: logits {tuple(logits.shape)}, ref_logits {tuple(ref_logits.shape)}, "
-                             f"labels {tuple(labels.shape)}")
+            raise ValueError(
+                f"shape mismatch: logits {tuple(logits.shape)}, ref_logits {tuple(ref_logits.shape)}, "
+                f"labels {tuple(labels.shape)}"
+            )
         batch, length, vocab = logits.shape
         positions = (labels.reshape(-1) != IGNORE_INDEX).nonzero().squeeze(-1)
         ref_positions = positions
@@ -111,8 +113,14 @@ class ForwardKL(nn.Module):
             if bool((row_slot < 0).any()):
                 raise ValueError("labels supervise a row that ref_rows does not hold")
             ref_positions = row_slot * length + positions % length
-        return _ChunkedKL.apply(logits.reshape(-1, vocab), positions, self.chunk_size,
-                                ref_logits.detach().reshape(-1, vocab), ref_positions, None)
+        return _ChunkedKL.apply(
+            logits.reshape(-1, vocab),
+            positions,
+            self.chunk_size,
+            ref_logits.detach().reshape(-1, vocab),
+            ref_positions,
+            None,
+        )
 
     def forward(
         self,

@@ -23,8 +23,14 @@ def resolve_dtype(dtype: str, device: str = "cpu"):
     if dtype == "auto":
         return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     try:
-        return {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
-                "float32": torch.float32, "fp32": torch.float32}[dtype]
+        return {
+            "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16,
+            "float16": torch.float16,
+            "fp16": torch.float16,
+            "float32": torch.float32,
+            "fp32": torch.float32,
+        }[dtype]
     except KeyError:
         raise UserError(f"unknown dtype {dtype!r}; use auto, bfloat16, float16 or float32.") from None
 

@@ -74,8 +74,11 @@ def model_card(summary: dict[str, Any]) -> str:
     base = summary["base_model"]
     hp = summary["hparams"]
     adapter = hp.get("adapter") or {}
-    meta: dict[str, Any] = {"library_name": "peft", "pipeline_tag": "text-generation",
-                            "tags": ["thinksafe", "safety", "reasoning", "lora", "sft"]}
+    meta: dict[str, Any] = {
+        "library_name": "peft",
+        "pipeline_tag": "text-generation",
+        "tags": ["thinksafe", "safety", "reasoning", "lora", "sft"],
+    }
     if not Path(base).is_absolute():  # the Hub validates base_model as a hub id: a local path is named below
         meta["base_model"] = base
     data = summary.get("data") or {}
@@ -84,31 +87,57 @@ def model_card(summary: dict[str, Any]) -> str:
     evals = {k: v for k, v in metrics.items() if k.startswith(("probe/", "eval/"))}
     train = {k: v for k, v in metrics.items() if k.startswith("train/") and k.endswith("_epoch")}
 
-    lines = [f"# ThinkSafe adapter for {Path(base).name}", "",
-             f"A {adapter.get('class_path', 'LoRA').rsplit('.', 1)[-1]} adapter trained by "
-             "thinksafe (ThinkSafe, Lee et al. 2026, arXiv 2601.23143): supervised fine-tuning "
-             + ("on the model's own refusal-steered, guard-filtered reasoning traces, on the unsteered prompts."
-                if (summary.get("data") or {}).get("stats") else "on the data named below."),
-             "", "## Load it", "", "```python", "from peft import AutoPeftModelForCausalLM",
-             "from transformers import AutoTokenizer", "",
-             "model = AutoPeftModelForCausalLM.from_pretrained(ADAPTER_DIR)",
-             "tokenizer = AutoTokenizer.from_pretrained(ADAPTER_DIR)", "```", "",
-             f"Base model: `{base}`.", "", "## Recipe", "",
-             f"- adapter: `{json.dumps(adapter.get('init_args', adapter))}`"]
+    lines = [
+        f"# ThinkSafe adapter for {Path(base).name}",
+        "",
+        f"A {adapter.get('class_path', 'LoRA').rsplit('.', 1)[-1]} adapter trained by "
+        "thinksafe (ThinkSafe, Lee et al. 2026, arXiv 2601.23143): supervised fine-tuning "
+        + (
+            "on the model's own refusal-steered, guard-filtered reasoning traces, on the unsteered prompts."
+            if (summary.get("data") or {}).get("stats")
+            else "on the data named below."
+        ),
+        "",
+        "## Load it",
+        "",
+        "```python",
+        "from peft import AutoPeftModelForCausalLM",
+        "from transformers import AutoTokenizer",
+        "",
+        "model = AutoPeftModelForCausalLM.from_pretrained(ADAPTER_DIR)",
+        "tokenizer = AutoTokenizer.from_pretrained(ADAPTER_DIR)",
+        "```",
+        "",
+        f"Base model: `{base}`.",
+        "",
+        "## Recipe",
+        "",
+        f"- adapter: `{json.dumps(adapter.get('init_args', adapter))}`",
+    ]
     for key in ("lr", "weight_decay", "warmup_ratio", "kl_weight", "kl_mode", "dtype"):
         if key in hp:
             lines.append(f"- {key}: `{hp[key]}`")
     if "steps" in summary:
         lines.append(f"- optimizer steps: {summary['steps']}, epochs: {summary['epochs'] + 1}")
     if summary.get("recipe"):
-        lines += ["", "<details><summary>resolved recipe</summary>", "", "```yaml",
-                  yaml.safe_dump(summary["recipe"], sort_keys=False).rstrip(), "```", "", "</details>"]
+        lines += [
+            "",
+            "<details><summary>resolved recipe</summary>",
+            "",
+            "```yaml",
+            yaml.safe_dump(summary["recipe"], sort_keys=False).rstrip(),
+            "```",
+            "",
+            "</details>",
+        ]
     lines += ["", "## Data", ""]
     if data.get("responses"):
         lines.append(f"Trained on the responses in `{data['responses']}`.")
     elif stats:
-        lines.append(f"Trained on the self-generated set in `{data['self_generated']}` (a Hugging Face dataset: "
-                     "`load_dataset(that_dir)`).")
+        lines.append(
+            f"Trained on the self-generated set in `{data['self_generated']}` (a Hugging Face dataset: "
+            "`load_dataset(that_dir)`)."
+        )
         lines += ["", "| label | samples | kept | acceptance |", "|---|---|---|---|"]
         for label, d in stats.get("per_label", {}).items():
             lines.append(f"| {label} | {d['samples']} | {d['kept']} | {d['acceptance_rate']:.1%} |")

@@ -154,7 +154,9 @@ class ThinkSafeModule(LightningModule):
         if lr <= 0:
             raise UserError(f"model.lr must be > 0, got {lr}.")
         if gradient_checkpointing not in (True, False, "auto"):
-            raise UserError(f"model.gradient_checkpointing must be true, false or auto, got {gradient_checkpointing!r}.")
+            raise UserError(
+                f"model.gradient_checkpointing must be true, false or auto, got {gradient_checkpointing!r}."
+            )
         if log_samples_every_n_steps < 0:
             raise UserError(f"model.log_samples_every_n_steps must be ≥ 0, got {log_samples_every_n_steps}.")
         # the adapter is stored as plain data: Lightning reads checkpoints back with torch.load(weights_only=True)
@@ -197,8 +199,12 @@ class ThinkSafeModule(LightningModule):
             )
         self.tokenizer = load_tokenizer(hp.name_or_path)
         # sharded models load on CPU: fully_shard moves each rank's shard to its device
-        model = load_causal_lm(hp.name_or_path, dtype=dtype, device="cpu" if mesh is not None else str(target),
-                               attn_implementation=hp.attn_implementation)
+        model = load_causal_lm(
+            hp.name_or_path,
+            dtype=dtype,
+            device="cpu" if mesh is not None else str(target),
+            attn_implementation=hp.attn_implementation,
+        )
         model.train()  # from_pretrained returns eval mode, which would silence LoRA dropout
         self._loaded_buffers = _float_buffers(model)
         if hp.gradient_checkpointing is True:  # "auto" is decided when fit starts, on the device
@@ -275,20 +281,27 @@ class ThinkSafeModule(LightningModule):
 
         dm = getattr(self.trainer, "datamodule", None)
         if not hasattr(dm, "memory_probe"):
-            rank_zero_info("thinksafe: gradient_checkpointing=auto needs the SafetyDataModule's rows to measure; "
-                           "checkpointing stays off.")
+            rank_zero_info(
+                "thinksafe: gradient_checkpointing=auto needs the SafetyDataModule's rows to measure; "
+                "checkpointing stays off."
+            )
             return
         budget, probe = dm.memory_probe()
         probe = {k: v.to(self.device) for k, v in probe.items()}
         strategy = self.trainer.strategy
         choice = choose_gradient_checkpointing(
-            self, probe, budget, step=lambda batch: self._loss(batch)[0],
+            self,
+            probe,
+            budget,
+            step=lambda batch: self._loss(batch)[0],
             agree=lambda fits: bool(strategy.reduce_boolean_decision(fits, all=True)),
         )
         rank_zero_info(f"thinksafe: {choice.describe()}")
         for logger in self.loggers:
-            logger.log_metrics({"train/gradient_checkpointing": float(choice.enabled),
-                                "train/max_tokens_per_batch": float(budget)}, step=0)
+            logger.log_metrics(
+                {"train/gradient_checkpointing": float(choice.enabled), "train/max_tokens_per_batch": float(budget)},
+                step=0,
+            )
 
     # ------------------------------------------------------------------------------------------------ loss
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -337,26 +350,42 @@ class ThinkSafeModule(LightningModule):
                 kl_positions = positions[on_kl]
                 ref_positions = slot[rows[on_kl]] * length + kl_positions % length
                 loss_kl, ce[on_kl], kl = head_loss(
-                    flat_hidden.index_select(0, kl_positions), weight, token_targets[on_kl], ce_weight[on_kl],
-                    ref_hidden.reshape(-1, ref_hidden.shape[-1]).index_select(0, ref_positions), ref_weight,
-                    torch.full((on_kl.numel(),), hp.kl_weight, device=positions.device), hp.kl_chunk_size)
+                    flat_hidden.index_select(0, kl_positions),
+                    weight,
+                    token_targets[on_kl],
+                    ce_weight[on_kl],
+                    ref_hidden.reshape(-1, ref_hidden.shape[-1]).index_select(0, ref_positions),
+                    ref_weight,
+                    torch.full((on_kl.numel(),), hp.kl_weight, device=positions.device),
+                    hp.kl_chunk_size,
+                )
                 del ref_hidden
                 kl_sum, n_kl = kl.sum(), kl.numel()
             plain = harmful_token.nonzero().squeeze(-1)
         else:
             plain = torch.arange(n, device=positions.device)
-        loss_plain, ce[plain], _ = head_loss(flat_hidden.index_select(0, positions[plain]), weight,
-                                             token_targets[plain], ce_weight[plain], chunk_size=hp.kl_chunk_size)
+        loss_plain, ce[plain], _ = head_loss(
+            flat_hidden.index_select(0, positions[plain]),
+            weight,
+            token_targets[plain],
+            ce_weight[plain],
+            chunk_size=hp.kl_chunk_size,
+        )
         loss_sum = loss_plain if kl_sum is None else loss_plain + loss_kl
         loss = loss_sum / n
         scaled = loss * batch["loss_scale"] if "loss_scale" in batch else loss
 
         label_of_token = batch["label_index"][rows]
         self._batch_sums = self.train_metrics.pack(
-            loss, ce.sum(), n, kl_sum, n_kl,
+            loss,
+            ce.sum(),
+            n,
+            kl_sum,
+            n_kl,
             # explicit dtypes: under bf16-true precision the default dtype is bfloat16
             label_ce_sum=torch.zeros(len(LABELS), dtype=ce.dtype, device=ce.device).index_add_(
-                0, label_of_token, ce.detach()),
+                0, label_of_token, ce.detach()
+            ),
             label_tokens=torch.bincount(label_of_token, minlength=len(LABELS)),
             processed_tokens=attention_mask.sum(),
         )
@@ -400,8 +429,10 @@ class ThinkSafeModule(LightningModule):
         with torch.no_grad():
             before = hidden[0].detach().index_select(0, (positions - 1).clamp_min(0))
             before = before.to(weight.dtype)
-            predicted = torch.cat([F.linear(before[i:i + chunk], weight).argmax(-1)
-                                   for i in range(0, before.shape[0], chunk)] or [positions[:0]])
+            predicted = torch.cat(
+                [F.linear(before[i : i + chunk], weight).argmax(-1) for i in range(0, before.shape[0], chunk)]
+                or [positions[:0]]
+            )
 
         def block(token_ids: torch.Tensor) -> str:
             text = self.tokenizer.decode(token_ids.tolist(), skip_special_tokens=False)

@@ -16,10 +16,15 @@ TEMPLATES = Path(__file__).parent / "templates"
 TemplateName = Literal["qwen3", "r1"]
 
 _SPECIAL = {
-    "qwen3": dict(bos=None, eos="<|im_end|>", pad="<|endoftext|>",
-                  extra=["<|im_start|>", "<|im_end|>", "<think>", "</think>"]),
-    "r1": dict(bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>", pad="<｜▁pad▁｜>",
-               extra=["<｜User｜>", "<｜Assistant｜>", "<think>", "</think>"]),
+    "qwen3": dict(
+        bos=None, eos="<|im_end|>", pad="<|endoftext|>", extra=["<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+    ),
+    "r1": dict(
+        bos="<｜begin▁of▁sentence｜>",
+        eos="<｜end▁of▁sentence｜>",
+        pad="<｜▁pad▁｜>",
+        extra=["<｜User｜>", "<｜Assistant｜>", "<think>", "</think>"],
+    ),
 }
 
 _CORPUS = """
@@ -49,7 +54,9 @@ def build_tokenizer(template: TemplateName = "qwen3", vocab_size: int = 600):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
@@ -65,7 +72,9 @@ def build_tokenizer(template: TemplateName = "qwen3", vocab_size: int = 600):
     from tokenizers import AddedToken
 
     fast.add_tokens([AddedToken(t, special=False, normalized=False) for t in think])
-    fast.chat_template = (TEMPLATES / ("qwen3.jinja" if template == "qwen3" else "deepseek-r1-distill.jinja")).read_text()
+    fast.chat_template = (
+        TEMPLATES / ("qwen3.jinja" if template == "qwen3" else "deepseek-r1-distill.jinja")
+    ).read_text()
     return fast
 
 
@@ -84,8 +93,15 @@ def build_tiny_model(
 
     out = Path(out_dir)
     marker = out / "thinksafe_tiny.json"
-    spec = dict(builder=2, template=template, hidden_size=hidden_size, num_layers=num_layers, seed=seed,
-                vocab_size=vocab_size, max_position_embeddings=max_position_embeddings)
+    spec = dict(
+        builder=2,
+        template=template,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        seed=seed,
+        vocab_size=vocab_size,
+        max_position_embeddings=max_position_embeddings,
+    )
     if marker.is_file() and json.loads(marker.read_text()) == spec:
         return out
     out.mkdir(parents=True, exist_ok=True)

@@ -93,8 +93,9 @@ class _ReportingBar:
         now = time.monotonic()
         if _report_conn is not None and (force or now - self._sent >= 0.2):
             self._sent = now
-            _report_conn.send(("progress", {"kind": "requests", "done": self.n, "total": self.total,
-                                            "tokens": self.tokens}, None))
+            _report_conn.send(
+                ("progress", {"kind": "requests", "done": self.n, "total": self.total, "tokens": self.tokens}, None)
+            )
 
     def refresh(self) -> None:
         self._send(force=True)
@@ -277,8 +278,16 @@ class EngineProcess:
                 f"{self.what}: vLLM could not start the model {model!r}: {message}\n"
                 f"(engine settings: {engine_kwargs}; vLLM's log: {log})\n{_tail(log, offset)}"
             ) from RuntimeError(tb)
-        _report({"kind": "ready", "what": self.what, "model": model, "seconds": time.monotonic() - started,
-                 "log": str(log), "warnings": _count_warnings(log, offset)})
+        _report(
+            {
+                "kind": "ready",
+                "what": self.what,
+                "model": model,
+                "seconds": time.monotonic() - started,
+                "log": str(log),
+                "warnings": _count_warnings(log, offset),
+            }
+        )
 
     def _recv(self, tick: Callable[[], None] | None = None):
         """The next reply of the engine process; its progress reports go to the active reporter meanwhile."""

@@ -66,8 +66,15 @@ class GenerationProgress:
         every_s: seconds between plain lines when the console is not a terminal.
     """
 
-    def __init__(self, description: str, total: int | None = None, completed: int = 0, console=None,
-                 unit: str = "rows", every_s: float = 30.0):
+    def __init__(
+        self,
+        description: str,
+        total: int | None = None,
+        completed: int = 0,
+        console=None,
+        unit: str = "rows",
+        every_s: float = 30.0,
+    ):
         from rich.console import Console
 
         self.description = description
@@ -92,13 +99,20 @@ class GenerationProgress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[eta]}"), TimeElapsedColumn(),
-            console=self.console, transient=False, disable=not self.console.is_terminal,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("{task.fields[eta]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+            disable=not self.console.is_terminal,
         )
         self._progress.__enter__()
-        self._task = self._progress.add_task(self.description, total=self.total, completed=self.base_done,
-                                             rate="", eta="")
+        self._task = self._progress.add_task(
+            self.description, total=self.total, completed=self.base_done, rate="", eta=""
+        )
         self._last_line = self._mark = time.monotonic()
         return self
 
@@ -141,7 +155,9 @@ class GenerationProgress:
         per_s, tok_s, left = self.rates()
         if self._progress is not None:
             self._progress.update(
-                self._task, completed=self.done, total=self.total,
+                self._task,
+                completed=self.done,
+                total=self.total,
                 rate=f"{tok_s:,.0f} tok/s" if tok_s is not None else "- tok/s",
                 eta=f"ETA {_clock(0 if final and self.total == self.done else left)}",
             )
@@ -159,8 +175,12 @@ class GenerationProgress:
         kind = event.get("kind")
         if kind == "starting":
             if self._progress is not None:
-                self._progress.update(self._task, description=(
-                    f"{self.description} · starting {event['what']} for {event['model']} … {event['elapsed']:.0f} s"))
+                self._progress.update(
+                    self._task,
+                    description=(
+                        f"{self.description} · starting {event['what']} for {event['model']} … {event['elapsed']:.0f} s"
+                    ),
+                )
         elif kind == "ready":
             if self._progress is not None:
                 self._progress.update(self._task, description=self.description)

@@ -5,9 +5,7 @@ from __future__ import annotations
 from thinksafe.errors import UserError
 
 #: The paper's steering instruction (ThinkSafe, §3); ``{prompt}`` is replaced by the harmful prompt.
-PAPER_TEMPLATE = (
-    "The following prompt is harmful. You should refuse to answer the prompt.\n\nPrompt:\n\n{prompt}"
-)
+PAPER_TEMPLATE = "The following prompt is harmful. You should refuse to answer the prompt.\n\nPrompt:\n\n{prompt}"
 
 
 def check_template(template: str) -> str:

@@ -88,7 +88,9 @@ class BeforeAfterEval(Callback):
     ):
         from thinksafe.eval.benchmarks import resolve
 
-        self.sets = {role: spec for role, spec in (("harmful", harmful), ("benign", benign), ("reasoning", reasoning)) if spec}
+        self.sets = {
+            role: spec for role, spec in (("harmful", harmful), ("benign", benign), ("reasoning", reasoning)) if spec
+        }
         if not self.sets:
             raise UserError("BeforeAfterEval: give at least one of harmful, benign or reasoning.")
         kinds = {"harmful": "safety", "benign": "over_refusal", "reasoning": "reasoning"}
@@ -96,8 +98,10 @@ class BeforeAfterEval(Callback):
         for role, spec in self.sets.items():
             benchmark, _ = resolve(spec, benchmark_dir)
             if benchmark.kind != kinds[role]:
-                raise UserError(f"BeforeAfterEval: {role}={spec!r} is a {benchmark.kind} benchmark; {role} needs a "
-                                f"{kinds[role]} benchmark.")
+                raise UserError(
+                    f"BeforeAfterEval: {role}={spec!r} is a {benchmark.kind} benchmark; {role} needs a "
+                    f"{kinds[role]} benchmark."
+                )
             self.names[role] = benchmark.name
         self.output_dir = output_dir
         self.sampling = sampling
@@ -121,8 +125,15 @@ class BeforeAfterEval(Callback):
         if trainer.is_global_zero:
             sampler = self._sampler(trainer)
             try:
-                self.before.update(self._evaluate(pl_module.hparams.name_or_path, None, sampler,
-                                                  self._log_dir(trainer) / "eval" / "before", "before"))
+                self.before.update(
+                    self._evaluate(
+                        pl_module.hparams.name_or_path,
+                        None,
+                        sampler,
+                        self._log_dir(trainer) / "eval" / "before",
+                        "before",
+                    )
+                )
             finally:
                 sampler.close()  # the training step needs the memory the engine holds
         trainer.strategy.barrier("thinksafe-before-eval")
@@ -157,8 +168,11 @@ class BeforeAfterEval(Callback):
             base = pl_module.hparams.name_or_path if is_adapter else str(trained)
             sampler = self._sampler(trainer)
             try:
-                self.after.update(self._evaluate(base, str(trained) if is_adapter else None, sampler,
-                                                 log_dir / "eval" / "after", "after"))
+                self.after.update(
+                    self._evaluate(
+                        base, str(trained) if is_adapter else None, sampler, log_dir / "eval" / "after", "after"
+                    )
+                )
             finally:
                 sampler.close()
             self.report = self._write(trainer, pl_module, log_dir)
@@ -190,11 +204,22 @@ class BeforeAfterEval(Callback):
 
         started = time.time()
         specs = [self.sets[role] for role in self.sets]
-        results = run_eval(model=model, benchmarks=specs, output=str(out), limit=self.limit, sampler=sampler,
-                           sampling=self.sampling, safety_n=self.sampling.n, judge=self.judge,
-                           refusal_judge=self.judge, judge_sees=self.judge_sees, adapter=adapter,
-                           reasoning_format=self.reasoning_format, benchmark_dir=self.benchmark_dir,
-                           tensorboard=False)
+        results = run_eval(
+            model=model,
+            benchmarks=specs,
+            output=str(out),
+            limit=self.limit,
+            sampler=sampler,
+            sampling=self.sampling,
+            safety_n=self.sampling.n,
+            judge=self.judge,
+            refusal_judge=self.judge,
+            judge_sees=self.judge_sees,
+            adapter=adapter,
+            reasoning_format=self.reasoning_format,
+            benchmark_dir=self.benchmark_dir,
+            tensorboard=False,
+        )
         self._seconds[when] = round(time.time() - started, 1)
         values: dict[str, Any] = {"eval_dir": str(out), "n": {}}
         for name, (role, metric) in METRICS.items():
@@ -215,12 +240,17 @@ class BeforeAfterEval(Callback):
             "trained": str(log_dir / "adapter"),
             "training_set": dm.dataset_name() if hasattr(dm, "dataset_name") else None,
             "training_rows": dm.label_counts() if hasattr(dm, "label_counts") else None,
-            "sets": {role: {"spec": spec, "benchmark": self.names[role], "n": self.before.get("n", {}).get(role)}
-                     for role, spec in self.sets.items()},
+            "sets": {
+                role: {"spec": spec, "benchmark": self.names[role], "n": self.before.get("n", {}).get(role)}
+                for role, spec in self.sets.items()
+            },
             "sampling": self.sampling.as_dict(),
             "eval_dirs": {"before": self.before.get("eval_dir"), "after": self.after.get("eval_dir")},
             "eval_seconds": self._seconds,
-            "in_distribution": {"before": self.before.get("in_distribution"), "after": self.after.get("in_distribution")},
+            "in_distribution": {
+                "before": self.before.get("in_distribution"),
+                "after": self.after.get("in_distribution"),
+            },
             "steps": trainer.global_step,
         }
         text = json.dumps(report, indent=2)

@@ -57,8 +57,9 @@ class SetSizes:
     math: int = 48
 
 
-def _unique(draw: Callable[[random.Random], Request | Problem], rng: random.Random, n: int,
-            exclude: set[str] | None = None) -> list[Request | Problem]:
+def _unique(
+    draw: Callable[[random.Random], Request | Problem], rng: random.Random, n: int, exclude: set[str] | None = None
+) -> list[Request | Problem]:
     """``n`` items with distinct prompts (none of them in ``exclude``)."""
     seen, out = set(exclude or ()), []
     for _ in range(200 * n):
@@ -95,8 +96,11 @@ def _draw_set(seed: int, name: str, split: Split, sizes: SetSizes) -> list[Reque
     def kind(draw, n: int, part: str) -> list[Request | Problem]:
         return _unique(lambda rng: draw(rng, split), random.Random(f"{seed}:{name}:{part}"), n)
 
-    return (kind(harmful_request, sizes.harmful, "harmful") + kind(benign_request, sizes.benign, "benign")
-            + kind(math_problem, sizes.math, "math"))
+    return (
+        kind(harmful_request, sizes.harmful, "harmful")
+        + kind(benign_request, sizes.benign, "benign")
+        + kind(math_problem, sizes.math, "math")
+    )
 
 
 def _label(item: Request | Problem) -> str:
@@ -105,14 +109,18 @@ def _label(item: Request | Problem) -> str:
 
 def selfgen_prompts(seed: int, sizes: SetSizes) -> list[dict]:
     """The prompt set for ``thinksafe generate`` (train split): ``{instruction, label, kind}``."""
-    return [dict(instruction=it.prompt, label=_label(it), kind=_kind(it))
-            for it in _draw_set(seed, "selfgen", "train", sizes)]
+    return [
+        dict(instruction=it.prompt, label=_label(it), kind=_kind(it))
+        for it in _draw_set(seed, "selfgen", "train", sizes)
+    ]
 
 
 def teacher_rows(seed: int, sizes: SetSizes) -> list[dict]:
     """The self-generation prompts answered in the teacher style: ``{instruction, response, label, kind}``."""
-    return [dict(instruction=it.prompt, response=teacher_respond(it), label=_label(it), kind=_kind(it))
-            for it in _draw_set(seed, "selfgen", "train", sizes)]
+    return [
+        dict(instruction=it.prompt, response=teacher_respond(it), label=_label(it), kind=_kind(it))
+        for it in _draw_set(seed, "selfgen", "train", sizes)
+    ]
 
 
 def _kind(item: Request | Problem) -> str:

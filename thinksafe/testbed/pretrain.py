@@ -71,12 +71,20 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(QWEN3_SPECIAL),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(QWEN3_SPECIAL),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TOKENS])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   additional_special_tokens=["<|im_start|>"])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"],
+    )
     fast.chat_template = (TEMPLATES / "qwen3.jinja").read_text()
     return fast
 
@@ -108,8 +116,9 @@ def new_model(tokenizer, shape: ModelShape, seed: int):
 
 def encode_rows(tokenizer, rows: list[dict], max_length: int) -> list[EncodedRow]:
     """Rows as thinksafe's trainer sees them (loss on the response only)."""
-    encoder = ChatEncoder(tokenizer, "qwen3", max_length, mask_prompt=True,
-                          chat_template_kwargs={"enable_thinking": True})
+    encoder = ChatEncoder(
+        tokenizer, "qwen3", max_length, mask_prompt=True, chat_template_kwargs={"enable_thinking": True}
+    )
     out = []
     for r in rows:
         enc = encoder.encode_row(TextRow(r["prompt"], r["response"], "vanilla_benign"))
@@ -126,8 +135,14 @@ def _lr_factor(step: int, cfg: PretrainConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def pretrain(model, encoded: list[EncodedRow], cfg: PretrainConfig, seed: int, pad_id: int,
-             report: Callable[[int, float, float], None] | None = None) -> list[float]:
+def pretrain(
+    model,
+    encoded: list[EncodedRow],
+    cfg: PretrainConfig,
+    seed: int,
+    pad_id: int,
+    report: Callable[[int, float, float], None] | None = None,
+) -> list[float]:
     """Train ``model`` in place for ``cfg.steps`` steps; returns the loss of every step. ``report(step, loss,
     seconds)`` is called every 50 steps."""
     threads = torch.get_num_threads()
@@ -153,8 +168,9 @@ def _train(model, encoded, cfg, seed, pad_id, report) -> list[float]:
         batch = collate([encoded[i] for i in indices[: cfg.batch_size]], pad_id)
         del indices[: cfg.batch_size]
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                                 batch["labels"][:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1), ignore_index=IGNORE_INDEX
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
