@@ -112,9 +112,7 @@ class CostLog(Callback):
         }
         if trainer.is_global_zero:
             text = json.dumps(self.cost, indent=2)
-            for directory in dict.fromkeys(
-                (self._output_dir(trainer), run_dir(trainer))
-            ):
+            for directory in dict.fromkeys((self._output_dir(trainer), run_dir(trainer))):
                 directory.mkdir(parents=True, exist_ok=True)
                 write_text_atomic(directory / "cost.json", text)
 
