@@ -27,7 +27,9 @@ def test_every_recipe_parses_and_starts_with_its_command(recipe):
     out = thinksafe("fit", "--recipe", str(recipe), "--print_config")
     assert out.returncode == 0, out.stderr[-2000:]
     cfg = yaml.safe_load(out.stdout)
-    assert cfg["model"]["class_path"].endswith("ThinkSafeModule")  # recipes give its init args without class_path
+    # SFT recipes give ThinkSafeModule's init args without class_path; the GRPO baseline names its module
+    module = "GRPOModule" if recipe.stem.startswith(("grpo", "quickstart-grpo")) else "ThinkSafeModule"
+    assert cfg["model"]["class_path"].endswith(module)
     assert cfg["model"]["init_args"]["name_or_path"] and cfg["data"]["sampler"]["class_path"]
 
 

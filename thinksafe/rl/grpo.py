@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from thinksafe.errors import UserError
+from thinksafe.files import run_dir
 from thinksafe.model.adapters import Adapter
 from thinksafe.model.head_loss import final_hidden, output_weight
 from thinksafe.model.kl import shift_labels
@@ -265,7 +265,7 @@ class GRPOModule(ThinkSafeModule):
     def _sync_policy(self, sampler) -> None:
         """Make ``sampler`` sample from the weights as they are now."""
         if isinstance(sampler, VLLMSampler):
-            path = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "policy"
+            path = run_dir(self.trainer) / "policy"
             self.save_trained(path)
             sampler.set_adapter(str(path))
 
