@@ -80,3 +80,21 @@ def test_wheel_carries_recipes_and_chat_templates(tmp_path):
     assert {f"thinksafe/_recipes/{p.name}" for p in (ROOT / "recipes").glob("*.yaml")} <= names
     assert {"thinksafe/model/templates/qwen3.jinja", "thinksafe/model/templates/deepseek-r1-distill.jinja"} <= names
     assert "thinksafe/recipes.py" in names
+
+
+def test_recipes_command_lists_and_copies(tmp_path, monkeypatch, capsys):
+    """`thinksafe recipes ls` names every shipped recipe with its first sentence; `cp` copies one where its first
+    line expects it and refuses to overwrite edits (exit 2, one paragraph)."""
+    from thinksafe.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["recipes", "ls"]) == 0
+    out = capsys.readouterr().out
+    for path in list_recipes():
+        assert path.stem in out
+    assert "ThinkSafe (Lee et al. 2026) on Qwen/Qwen3-4B with the forward-KL ablation" in out
+    assert main(["recipes", "cp", "debug"]) == 0
+    assert (tmp_path / "recipes" / "debug.yaml").read_text() == recipe_path("debug").read_text()
+    assert main(["recipes", "cp", "debug"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["recipes", "cp", "qwen9"]) == 2

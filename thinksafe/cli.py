@@ -7,6 +7,7 @@
     thinksafe export   ADAPTER_DIR OUTPUT_DIR               merge a LoRA adapter into a full model
     thinksafe tiny-model OUTPUT_DIR [--template qwen3|r1]   a tiny random model for tests and debugging
     thinksafe testbed build|check|compare …                 the offline testbed (data/testbed/README.md)
+    thinksafe recipes ls | cp NAME [--dest DIR]             the shipped recipes: list them, copy one out
 
 `thinksafe COMMAND --help` lists a command's options. User errors print one paragraph and exit 2; ``--debug``
 shows the traceback.
@@ -20,7 +21,7 @@ import traceback
 from thinksafe.errors import UserError, parse_args, user_message
 
 USAGE = __doc__.split("\n\n")[1]
-COMMANDS = ("fit", "generate", "eval", "score", "export", "tiny-model", "testbed")
+COMMANDS = ("fit", "generate", "eval", "score", "export", "tiny-model", "testbed", "recipes")
 REPORT = "thinksafe: this is a bug in thinksafe; please report it with the command and the traceback above."
 
 
@@ -101,6 +102,10 @@ def dispatch(argv: list[str]) -> None:
         from thinksafe.testbed.command import main as testbed
 
         testbed(rest)
+    elif cmd == "recipes":
+        from thinksafe.recipes import main as recipes
+
+        recipes(rest)
     else:
         raise UserError(f"unknown command {cmd!r}; expected one of {', '.join(COMMANDS)} (`thinksafe --help`).")
 

@@ -8,6 +8,7 @@ works as written after a copy.
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -46,3 +47,40 @@ def copy_recipe(name: str, dest: str | Path = "recipes", overwrite: bool = False
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
     return target
+
+
+def describe(path: Path) -> str:
+    """A recipe's first sentence of prose: its header comment after the paragraph of commands."""
+    header = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line.lstrip("#").strip())
+    paragraphs = " ".join(line or "\n" for line in header).split("\n")
+    prose = next((p.strip() for p in paragraphs[1:] if p.strip()), "")
+    # up to the first colon or full stop ("et al." is no full stop)
+    sentence = re.split(r": |(?<!\bal)\. ", prose)[0].rstrip(".")
+    return sentence if len(sentence) <= 100 else sentence[:99] + "…"
+
+
+def show_recipes() -> list[str]:
+    """Print each shipped recipe's name and its first sentence."""
+    lines = [f"{path.stem:<22} {describe(path)}".rstrip() for path in list_recipes()]
+    print("\n".join(lines))
+    print("copy one out to edit it: thinksafe recipes cp NAME [--dest recipes]")
+    return [p.stem for p in list_recipes()]
+
+
+def main(argv: list[str]) -> None:
+    """``thinksafe recipes ls`` lists the shipped recipes; ``thinksafe recipes cp NAME`` copies one out."""
+    from jsonargparse import auto_cli, auto_parser
+
+    from thinksafe.errors import parse_args
+    from thinksafe.lightning_cli import strict_parser_kwargs
+
+    commands = {"ls": show_recipes, "cp": copy_recipe}
+    kwargs = strict_parser_kwargs({"prog": "thinksafe recipes"})
+    parse_args(auto_parser(commands, **kwargs), argv, "thinksafe recipes")  # user errors before anything runs
+    result = auto_cli(commands, args=argv, **kwargs)
+    if isinstance(result, Path):
+        print(f"thinksafe recipes: wrote {result}")
