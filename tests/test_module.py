@@ -252,7 +252,8 @@ def test_resume_from_checkpoint_continues_the_same_losses(tiny_qwen3, tmp_path):
 
 @pytest.mark.slow
 def test_full_fine_tune_with_kl_keeps_the_reference_frozen(tiny_qwen3, tmp_path):
-    """Also the bf16-true path of the GPU recipes: weights, reference copy and the saved model in bfloat16."""
+    """Also the bf16-true path of the GPU recipes: the frozen reference copy in bfloat16, every trained weight (all of
+    them under FullFineTune) kept float32 as master weights, and the saved model float32."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
@@ -263,7 +264,8 @@ def test_full_fine_tune_with_kl_keeps_the_reference_frozen(tiny_qwen3, tmp_path)
     trainer = make_trainer(tmp_path, max_steps=2, precision="bf16-true")
     trainer.fit(module, loader(tiny_qwen3))
 
-    assert all(p.dtype == torch.bfloat16 for p in [*reference.parameters(), *module.model.parameters()])
+    assert all(p.dtype == torch.bfloat16 for p in reference.parameters())
+    assert all(p.dtype == torch.float32 for p in module.model.parameters())
     # bf16-true casts buffers too; the rotary frequencies must stay float32 (as vLLM and a fresh load keep them)
     assert module.model.model.rotary_emb.inv_freq.dtype == reference.model.rotary_emb.inv_freq.dtype == torch.float32
     assert all(not p.requires_grad and p.grad is None for p in reference.parameters())
@@ -271,7 +273,8 @@ def test_full_fine_tune_with_kl_keeps_the_reference_frozen(tiny_qwen3, tmp_path)
     assert all(not torch.equal(initial[n].to(p.dtype), p) for n, p in module.model.named_parameters())
     assert trainer.callback_metrics["train/kl"] > 0
 
-    saved = AutoModelForCausalLM.from_pretrained(Path(trainer.log_dir) / "adapter", dtype=torch.bfloat16).eval()
+    saved = AutoModelForCausalLM.from_pretrained(Path(trainer.log_dir) / "adapter", dtype=torch.float32).eval()
+    assert all(p.dtype == torch.float32 for p in saved.parameters())
     batch = next(iter(loader(tiny_qwen3)))
     module.model.eval()
     with torch.no_grad():
