@@ -13,7 +13,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -187,7 +187,3 @@ def save(model, tokenizer, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-
-
-def shape_dict(shape: ModelShape, cfg: PretrainConfig) -> dict:
-    return {"shape": asdict(shape), "pretrain": asdict(cfg)}
