@@ -194,3 +194,25 @@ def test_a_recipe_may_name_its_lightning_module(tmp_path, capsys):
     path.write_text(yaml.safe_dump({**recipe, "model": {"class_path": "torch.nn.Linear", "init_args": {}}}))
     rc, _, err = run(capsys, "fit", "--recipe", str(path))  # not a LightningModule
     assert rc == 2 and "does not correspond to a subclass of LightningModule" in one_paragraph(err)
+
+
+def test_a_place_error_raised_inside_a_library_is_one_paragraph():
+    """A file given as trainer.default_root_dir reaches us as NotADirectoryError from the TensorBoard logger
+    (seen with `thinksafe fit --trainer.default_root_dir=afile`): the user's to fix, not a bug report."""
+    import errno
+
+    from thinksafe.errors import user_message
+
+    inner = NotADirectoryError(errno.ENOTDIR, "Not a directory", "/tmp/afile/lightning_logs")
+    try:
+        try:
+            raise inner
+        except OSError as e:
+            raise RuntimeError("logger failed") from e
+    except RuntimeError as outer:
+        message = user_message(outer)
+    assert message is not None and "\n" not in message
+    assert "/tmp/afile/lightning_logs" in message and "trainer.default_root_dir" in message
+    full = user_message(OSError(errno.ENOSPC, "No space left on device", "/data/run/last.ckpt"))
+    assert "/data/run/last.ckpt" in full and "Free some space" in full
+    assert user_message(OSError(errno.ECONNRESET, "Connection reset")) is None  # not a place: still a bug

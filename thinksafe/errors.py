@@ -7,6 +7,7 @@ paragraph and exits with code 2, without a traceback (``--debug`` shows it).
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -39,7 +40,32 @@ def user_message(exc: BaseException) -> str | None:
         for e in reversed(chain):
             if isinstance(e, kinds):
                 return paragraph(str(e))
+    for e in reversed(chain):
+        if isinstance(e, OSError) and e.errno in PLACE_ERRNOS:
+            return place_message(e)
     return None
+
+
+#: Errors of a place the user chose or must fix — full, read-only, not permitted, a file where a folder goes (or
+#: the reverse) — wherever a library raised them: thinksafe's own writes say so through files.disk_errors, and
+#: these are the ones raised inside Lightning, TensorBoard, transformers or vLLM (e.g. a ``trainer.default_root_dir``
+#: that is a file surfaces as NotADirectoryError from the TensorBoard logger).
+PLACE_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "ENOTDIR", "EISDIR")
+    if hasattr(errno, name)
+)
+
+
+def place_message(e: OSError) -> str:
+    where = e.filename if e.filename is not None else "a path thinksafe writes"
+    hint = {
+        errno.ENOSPC: "free some space (or point the option at another disk) and run the same command again",
+        errno.ENOTDIR: "a file stands where a folder is needed: check the option that names this path "
+        "(trainer.default_root_dir, data.output_dir, --output, ...)",
+        errno.EISDIR: "a folder stands where a file is needed: check the option that names this path",
+    }.get(e.errno, "choose a place thinksafe may write (trainer.default_root_dir, data.output_dir, --output, ...)")
+    return paragraph(f"thinksafe: cannot use {where}: {e.strerror or e}. {hint[0].upper()}{hint[1:]}.")
 
 
 def paragraph(text: str) -> str:
