@@ -17,33 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-PRESETS = {
-    # Qwen/Qwen3-0.6B config.json
-    "qwen3-0.6b": dict(
-        vocab_size=151936,
-        hidden_size=1024,
-        intermediate_size=3072,
-        num_hidden_layers=28,
-        num_attention_heads=16,
-        num_key_value_heads=8,
-        head_dim=128,
-        rms_norm_eps=1e-6,
-        rope_theta=1_000_000.0,
-        max_position_embeddings=40960,
-        tie_word_embeddings=True,
-    ),
-    "tiny": dict(
-        vocab_size=1024,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=64,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-    ),
-}
+# the benchmark's shapes, so both scripts build the same models (bench/ is on sys.path when run as a script)
+from train_throughput import SHAPES as PRESETS
 
 
 def write_model(directory: Path, preset: str) -> Path:

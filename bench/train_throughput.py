@@ -65,6 +65,8 @@ SHAPES = {
         num_attention_heads=16,
         num_key_value_heads=8,
         head_dim=128,
+        rms_norm_eps=1e-6,
+        rope_theta=1_000_000.0,
         max_position_embeddings=40960,
         tie_word_embeddings=True,
     ),
