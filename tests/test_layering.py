@@ -120,10 +120,15 @@ def test_no_import_cycle_between_packages():
         ("thinksafe.rows", {"thinksafe.errors"}),
         # atomic writes and the disk errors a user fixes: every layer writes through them
         ("thinksafe.files", {"thinksafe.errors"}),
+        # what every rank of a multi-process run needs (the process group's end, shard splits): imports nothing
+        ("thinksafe.distributed", set()),
         # the model (LightningModule, loading, losses) is trained on rows; it does not know where they come from
-        ("thinksafe.model", {"thinksafe.errors", "thinksafe.rows", "thinksafe.files"}),
+        ("thinksafe.model", {"thinksafe.errors", "thinksafe.rows", "thinksafe.files", "thinksafe.distributed"}),
         # samplers load models (thinksafe.model.loading) and never see data sets, guards, metrics or evaluation
-        ("thinksafe.sampling", {"thinksafe.errors", "thinksafe.rows", "thinksafe.files", "thinksafe.model"}),
+        (
+            "thinksafe.sampling",
+            {"thinksafe.errors", "thinksafe.rows", "thinksafe.files", "thinksafe.distributed", "thinksafe.model"},
+        ),
     ],
 )
 def test_the_bottom_imports_nothing_above_it(unit, allowed):

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 
+from thinksafe.distributed import destroy_process_group_at_exit
 from thinksafe.errors import UserError
 from thinksafe.files import run_dir
 from thinksafe.model.adapters import Adapter, LoRA, Reference
@@ -254,6 +255,7 @@ class ThinkSafeModule(LightningModule):
     def setup(self, stage: str) -> None:
         # every rank resolves the run directory here, together: later rank-0-only callers must not broadcast
         run_dir(self.trainer)
+        destroy_process_group_at_exit()
 
     def on_fit_start(self) -> None:
         # after the precision plugin's cast (bf16-true), before the first step
