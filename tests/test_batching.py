@@ -201,7 +201,15 @@ def test_loader_serves_collated_micro_batches_with_their_scale(tiny_qwen3):
     seen = []
     for batch in loader:
         assert batch["input_ids"].numel() <= 256
-        assert set(batch) == {"input_ids", "attention_mask", "labels", "harmful", "label_index", "loss_scale"}
+        assert set(batch) == {
+            "input_ids",
+            "attention_mask",
+            "labels",
+            "harmful",
+            "label_index",
+            "loss_scale",
+            "row_scale",
+        }
         seen += [tuple(ids[m.bool()].tolist()) for ids, m in zip(batch["input_ids"], batch["attention_mask"])]
     assert sorted(seen) == sorted(tuple(r.input_ids) for r in rows)
 

@@ -156,6 +156,95 @@ def test_kl_replace_is_the_authors_loss_per_row(tiny_qwen3):
         assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def _moved_lora_module(model_dir, **kw) -> ThinkSafeModule:
+    torch.manual_seed(0)
+    module = ThinkSafeModule(str(model_dir), adapter=lora(), dtype="float32", **kw)
+    module.configure_model()
+    with torch.no_grad():  # off LoRA's zero init, so the KL term is not trivially 0
+        for name, p in module.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    return module
+
+
+@pytest.mark.parametrize(
+    "kl", [dict(kl_weight=0.0), dict(kl_weight=0.7, kl_mode="replace"), dict(kl_weight=0.7, kl_mode="add")]
+)
+def test_loss_average_token_and_row_by_hand(tiny_qwen3, kl):
+    """loss_average=token: Σ ℓ_t / (supervised tokens of the batch); row: the mean over rows of each row's own
+    token mean (the ThinkSafe authors' KL trainer) — both computed here from materialised logits, with the LM head
+    applied in chunks of 5 positions by the module."""
+    from thinksafe.model.kl import shift_labels
+
+    batch = next(iter(loader(tiny_qwen3)))
+    targets = shift_labels(batch["labels"])
+    supervised = targets != IGNORE_INDEX
+    counts = supervised.sum(1)
+    assert len(set(counts.tolist())) > 1, "rows of different lengths tell the two averages apart"
+    losses = {}
+    for average in ("token", "row"):
+        module = _moved_lora_module(tiny_qwen3, kl_chunk_size=5, loss_average=average, **kl)
+        losses[average] = module.training_step(batch, 0).item()
+        # a token-budget micro-batch is scaled by the factor of its average
+        scaled = module.training_step({**batch, "loss_scale": torch.tensor(2.5), "row_scale": torch.tensor(0.5)}, 0)
+        assert scaled.item() == pytest.approx(losses[average] * (2.5 if average == "token" else 0.5), rel=1e-5)
+    with torch.no_grad():
+        logits = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        with module.model.disable_adapter():
+            ref = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    ce = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    kl_t = (F.softmax(ref, -1) * (F.log_softmax(ref, -1) - F.log_softmax(logits, -1))).sum(-1)
+    benign = ~batch["harmful"][:, None]
+    term = ce.clone()
+    if kl["kl_weight"]:
+        with_kl = ce + kl["kl_weight"] * kl_t if kl["kl_mode"] == "add" else kl["kl_weight"] * kl_t
+        term = torch.where(benign, with_kl, ce)
+    term = term * supervised
+    token = term.sum() / supervised.sum()
+    row = (term.sum(1) / counts).mean()
+    assert abs(token.item() - row.item()) > 1e-3
+    assert losses["token"] == pytest.approx(token.item(), rel=1e-5)
+    assert losses["row"] == pytest.approx(row.item(), rel=1e-5)
+
+
+def test_row_average_over_micro_batches_and_ranks_is_the_steps_row_mean(tiny_qwen3):
+    """Token-budget micro-batches (several rows each, padded, 2 per step on each of 2 ranks) scaled by their
+    row_scale add up, after Lightning's 1/K and DDP's 1/W, to the mean over the step's rows of each row's own loss,
+    in value and gradient: every row weighs the same whatever its length."""
+    from thinksafe.data.batching import MicroBatchDataset, plan_epoch, supervised_tokens
+
+    module = _moved_lora_module(tiny_qwen3, kl_weight=1.0, loss_average="row")
+    rows, pad_id = encoded_rows(tiny_qwen3)
+    lengths = [len(r.input_ids) for r in rows]
+    k, world = 2, 2
+    plan = plan_epoch(lengths, [supervised_tokens(r) for r in rows], 2 * max(lengths), k, world, seed=0)
+    step = [mb for rank in plan for mb in rank if mb.step == 0]
+    data = MicroBatchDataset(rows, pad_id)
+    assert any(len(mb.rows) > 1 for mb in step) and len({len(mb.rows) for mb in step}) > 1
+
+    def grads():
+        out = [p.grad.clone() for p in module.model.parameters() if p.requires_grad]
+        module.model.zero_grad(set_to_none=True)
+        return out
+
+    module.model.zero_grad(set_to_none=True)
+    batched = 0.0
+    for mb in step:
+        loss = module.training_step(data[mb], 0) / (k * world)
+        loss.backward()
+        batched += loss.item()
+    batched_grads = grads()
+    step_rows = [i for mb in step for i in mb.rows]
+    by_row = 0.0
+    for i in step_rows:
+        loss = module.training_step(collate([rows[i]], pad_id), 0) / len(step_rows)
+        loss.backward()
+        by_row += loss.item()
+    assert batched == pytest.approx(by_row, rel=1e-5)
+    for got, want in zip(batched_grads, grads()):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+
+
 @pytest.mark.slow
 def test_lora_fit_trains_adapter_only_logs_and_saves(tiny_qwen3, tmp_path):
     from peft import PeftModel

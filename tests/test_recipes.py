@@ -5,6 +5,7 @@ import importlib
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from thinksafe.errors import UserError
@@ -57,7 +58,10 @@ def test_paper_recipe_holds_the_authors_settings(name):
     )  # train.py:90-96,192-198
     assert (m["lr"], m["warmup_ratio"]) == (1e-5, 0.1)  # train.py:183,118
     assert d["rows_per_step"] == 8  # train.py:181 effective batch 8 = per-device 1 × accumulation 8
-    assert d["max_length"] == 16384 and d["mask_prompt"] is True  # train.py:185; train_and_eval.sh:15
+    assert d["max_length"] == 16384  # train.py:185
+    # train_and_eval.sh:15 masks the prompt, but the --use_kl collator (utils/data_collator.py:8,23) rebuilds the
+    # labels from input_ids, so the authors' KL runs train on the prompt tokens too
+    assert d["mask_prompt"] is (not name.endswith("-kl"))
     assert (t["max_epochs"], t["gradient_clip_val"]) == (3, 1.0)  # train_and_eval.sh:17; train.py:126
     assert d["steering_template"] == (
         "The following prompt is harmful. You should refuse to answer the prompt.\n\nPrompt:\n\n{prompt}"
@@ -67,20 +71,39 @@ def test_paper_recipe_holds_the_authors_settings(name):
     assert d["guard"]["class_path"] == "thinksafe.guards.LlamaGuard3"  # synthesize_data.py:131-134
     assert d["guard"]["init_args"]["model"] == "meta-llama/Llama-Guard-3-8B"  # guard_model.py:29
     assert d["sampler"]["class_path"] == "thinksafe.sampling.VLLMSampler"
-    if name.endswith("-kl"):  # kl_trainer.py: benign rows train on the KL alone, weight 1
-        assert (m["kl_weight"], m["kl_mode"]) == (1.0, "replace")
-    else:
-        assert m["kl_weight"] == 0.0
+    if name.endswith("-kl"):  # kl_trainer.py: benign rows train on the KL alone, weight 1, each row's mean
+        assert (m["kl_weight"], m["kl_mode"], m["loss_average"]) == (1.0, "replace", "row")
+    else:  # SFTTrainer through transformers' num_items_in_batch: the token mean of the step
+        assert (m["kl_weight"], m["loss_average"]) == (0.0, "token")
 
 
-@pytest.mark.parametrize("name", ["qwen3-4b", "r1-distill-qwen-7b", "qwen3-4b-kl"])
-def test_paper_recipe_resolves_with_effective_batch_8_and_its_guard(name, capsys):
+@pytest.mark.parametrize("name", [*PAPER, "qwen3-4b-kl"])
+def test_paper_recipe_resolves_with_effective_batch_8_and_its_guard(name, capsys, tiny_qwen3):
+    """What `thinksafe fit --recipe … --print_config` resolves: effective batch 8, Llama-Guard-3 named, and
+    float32 adapters. The adapters' dtype is no config value (trainable weights are always float32): the printed
+    config shows what decides the rest (bf16-true, a bfloat16 base, LoRA), and the module built from exactly that
+    config, cast as bf16-true casts it, holds float32 LoRA weights beside a bfloat16 base."""
+    from lightning.pytorch.plugins.precision import HalfPrecision
+
+    from thinksafe.model.adapters import Adapter, LoRA
+    from thinksafe.model.module import ThinkSafeModule
+
     cfg = print_config(name, capsys)
-    assert cfg["data"]["rows_per_step"] == 8
-    assert cfg["data"]["guard"]["class_path"].startswith("thinksafe.guards.")
-    assert cfg["data"]["guard"]["class_path"].endswith("LlamaGuard3")
+    assert cfg["data"]["rows_per_step"] == 8 and cfg["trainer"]["accumulate_grad_batches"] == 1
+    assert cfg["data"]["guard"]["class_path"] == "thinksafe.guards.LlamaGuard3"
+    assert cfg["data"]["guard"]["init_args"]["model"] == "meta-llama/Llama-Guard-3-8B"
+    assert (cfg["trainer"]["precision"], cfg["model"]["dtype"]) == ("bf16-true", "bfloat16")
     if name.endswith("-kl"):
         assert cfg["model"]["kl_mode"] == "replace" and cfg["model"]["kl_weight"] == 1.0
+
+    model = dict(cfg["model"], name_or_path=str(tiny_qwen3), adapter=Adapter.from_config(cfg["model"]["adapter"]))
+    assert isinstance(model["adapter"], LoRA)
+    module = ThinkSafeModule(**model)
+    module.configure_model()
+    module = HalfPrecision("bf16-true").convert_module(module)
+    trainable = [p for p in module.model.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    assert {p.dtype for p in module.model.parameters() if not p.requires_grad} == {torch.bfloat16}
 
 
 def test_every_recipe_names_its_guard_and_uses_public_class_paths():

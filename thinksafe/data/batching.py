@@ -21,7 +21,9 @@ The plan of one epoch (:func:`plan_epoch`), the same on every rank:
 Each micro-batch carries ``loss_scale = n · K · W / N``: ``n`` its supervised tokens, ``N`` those of its whole
 optimizer step over all ranks, ``K`` micro-batches per step and ``W`` ranks. A loss that is the micro-batch's
 token mean, multiplied by it, gives after Lightning's ``1/K`` and DDP's ``1/W`` exactly the token mean of the
-whole step, as if it had been one batch.
+whole step, as if it had been one batch. It also carries ``row_scale = r · K · W / R`` (``r`` its rows, ``R``
+those of the step over all ranks): the same for a loss that is the micro-batch's mean of per-row means, giving the
+step's row mean (``model.loss_average: row``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class MicroBatch:
     """``n · K · W / N`` (see the module docstring); 0 for a filler."""
     step: int
     """Optimizer step of the epoch it belongs to."""
+    row_scale: float = 0.0
+    """``r · K · W / R`` (see the module docstring); 0 for a filler."""
 
 
 def supervised_tokens(row: EncodedRow) -> int:
@@ -128,14 +132,18 @@ def plan_epoch(
     groups = [list(range(g, g + world_size)) for g in range(0, len(batches), world_size)]
     rng.shuffle(groups)
     n = [0 if j in fillers else sum(supervised[i] for i in batches[j]) for j in range(len(batches))]
+    r = [0 if j in fillers else len(batches[j]) for j in range(len(batches))]
     per_rank: list[list[MicroBatch]] = [[] for _ in range(world_size)]
     for step, first in enumerate(range(0, len(groups), micro_batches_per_step)):
         step_groups = groups[first : first + micro_batches_per_step]
         total = sum(n[j] for group in step_groups for j in group)
+        total_rows = sum(r[j] for group in step_groups for j in group)
+        factor = micro_batches_per_step * world_size
         for group in step_groups:
             for rank, j in enumerate(group):
-                scale = n[j] * micro_batches_per_step * world_size / total if total else 0.0
-                per_rank[rank].append(MicroBatch(tuple(batches[j]), scale, step))
+                scale = n[j] * factor / total if total else 0.0
+                row_scale = r[j] * factor / total_rows if total_rows else 0.0
+                per_rank[rank].append(MicroBatch(tuple(batches[j]), scale, step, row_scale))
     return per_rank
 
 
@@ -373,7 +381,7 @@ class ResumableLoader(DataLoader):
 
 class MicroBatchDataset(Dataset):
     """Encoded rows, indexed by :class:`MicroBatch`: ``dataset[mb]`` is the collated micro-batch
-    (:func:`thinksafe.rows.collate`) plus ``loss_scale`` (a float32 scalar tensor)."""
+    (:func:`thinksafe.rows.collate`) plus ``loss_scale`` and ``row_scale`` (float32 scalar tensors)."""
 
     def __init__(self, rows: list[EncodedRow], pad_id: int):
         self.rows = rows
@@ -385,6 +393,7 @@ class MicroBatchDataset(Dataset):
     def __getitem__(self, mb: MicroBatch) -> dict[str, torch.Tensor]:
         batch = collate([self.rows[i] for i in mb.rows], pad_id=self.pad_id)
         batch["loss_scale"] = torch.tensor(mb.loss_scale, dtype=torch.float32)
+        batch["row_scale"] = torch.tensor(mb.row_scale, dtype=torch.float32)
         return batch
 
 

@@ -12,9 +12,22 @@ model instead of cross-entropy (``replace``: what ThinkSafe's released trainer d
 or on top of it (``add``). With ``kl_weight=0`` it is plain SFT on every row, ``kl_mode`` is not read and no
 reference forward runs.
 
-A batch may carry ``loss_scale`` (:mod:`thinksafe.data.batching`): the returned loss is then multiplied by it, so
-that token-budget micro-batches of different sizes add up to the token mean of the whole optimizer step. Logged
-values stay the micro-batch's own token means; micro-batches with ``loss_scale`` 0 (fillers) are not logged.
+That is ``loss_average="token"`` (the default). With ``loss_average="row"`` each of the ``R`` rows first averages
+its own tokens, ``S_r`` its supervised positions and ``ℓ_t`` the token term above (``ce_t``, ``kl_weight · kl_t``
+or their sum)::
+
+    loss = (1/R) Σ_r (1/|S_r|) Σ_{t∈S_r} ℓ_t                                  (loss_average="row")
+
+How the ThinkSafe authors' trainers average (transformers 4.55 / TRL 0.21, pinned in their requirements.txt): the
+plain SFT runs go through ``Trainer``'s ``num_items_in_batch`` path (the summed cross-entropy of the accumulated
+micro-batches over their supervised-token count, gathered across GPUs): a token mean over the optimizer step,
+``token``. Their KL trainer returns each micro-batch's own mean (one row each at their per-device batch 1) and
+ignores ``num_items_in_batch``: rows weighted equally, ``row``.
+
+A batch may carry ``loss_scale`` and ``row_scale`` (:mod:`thinksafe.data.batching`): the returned loss is then
+multiplied by the one of its ``loss_average``, so that token-budget micro-batches of different sizes add up to the
+token (row) mean of the whole optimizer step. Logged values stay the micro-batch's own means; micro-batches with
+``loss_scale`` 0 (fillers) are not logged.
 """
 
 from __future__ import annotations
@@ -125,6 +138,9 @@ class ThinkSafeModule(LightningModule):
             model's teacher-forced argmax) to TensorBoard as text; 0: never.
         kl_mode: with ``kl_weight > 0``, what benign rows train on: "replace" (the KL term alone, as ThinkSafe's
             released trainer does) or "add" (cross-entropy plus the KL term).
+        loss_average: how an optimizer step's loss averages its tokens: "token" (every supervised token of the
+            step weighs the same: the ThinkSafe authors' plain SFT runs) or "row" (each row's own token mean, rows
+            weighted equally: the authors' KL trainer). See the module docstring.
     """
 
     def __init__(
@@ -141,6 +157,7 @@ class ThinkSafeModule(LightningModule):
         attn_implementation: str | None = None,
         log_samples_every_n_steps: int = 0,
         kl_mode: Literal["replace", "add"] = "replace",
+        loss_average: Literal["token", "row"] = "token",
     ):
         super().__init__()
         if isinstance(adapter, dict):  # from a checkpoint's hyperparameters (see below)
@@ -150,6 +167,8 @@ class ThinkSafeModule(LightningModule):
             raise UserError(f"model.kl_weight must be ≥ 0, got {kl_weight}.")
         if kl_mode not in ("replace", "add"):
             raise UserError(f"model.kl_mode must be replace or add, got {kl_mode!r}.")
+        if loss_average not in ("token", "row"):
+            raise UserError(f"model.loss_average must be token or row, got {loss_average!r}.")
         if not 0 <= warmup_ratio < 1:
             raise UserError(f"model.warmup_ratio must be in [0, 1), got {warmup_ratio}.")
         if lr <= 0:
@@ -336,7 +355,15 @@ class ThinkSafeModule(LightningModule):
         token_targets = targets.reshape(-1)[positions]
         harmful_token = harmful[rows]
         replace = hp.kl_weight > 0 and hp.kl_mode == "replace"
-        ce_weight = harmful_token.float() if replace else torch.ones(n, device=positions.device)
+        # each supervised token's share of the micro-batch's loss: 1/n (token mean) or 1/(|S_r| · rows) (row mean)
+        if hp.get("loss_average", "token") == "row":
+            row_tokens = torch.bincount(rows, minlength=harmful.numel())
+            share = 1.0 / (row_tokens[rows].float() * int((row_tokens > 0).sum()))
+            scale_key = "row_scale"
+        else:
+            share = torch.full((n,), 1.0 / n, device=positions.device)
+            scale_key = "loss_scale"
+        ce_weight = share * harmful_token.float() if replace else share
 
         ce = torch.empty(n, dtype=torch.float32, device=positions.device)
         kl_sum, n_kl = None, 0
@@ -358,7 +385,7 @@ class ThinkSafeModule(LightningModule):
                     ce_weight[on_kl],
                     ref_hidden.reshape(-1, ref_hidden.shape[-1]).index_select(0, ref_positions),
                     ref_weight,
-                    torch.full((on_kl.numel(),), hp.kl_weight, device=positions.device),
+                    hp.kl_weight * share[on_kl],
                     hp.kl_chunk_size,
                 )
                 del ref_hidden
@@ -373,9 +400,8 @@ class ThinkSafeModule(LightningModule):
             ce_weight[plain],
             chunk_size=hp.kl_chunk_size,
         )
-        loss_sum = loss_plain if kl_sum is None else loss_plain + loss_kl
-        loss = loss_sum / n
-        scaled = loss * batch["loss_scale"] if "loss_scale" in batch else loss
+        loss = loss_plain if kl_sum is None else loss_plain + loss_kl
+        scaled = loss * batch[scale_key] if scale_key in batch else loss
 
         label_of_token = batch["label_index"][rows]
         self._batch_sums = self.train_metrics.pack(
