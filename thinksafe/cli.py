@@ -2,6 +2,7 @@
 
     thinksafe fit      --recipe R [--section.key=value …]   LightningCLI fit: data stage, then SFT
     thinksafe generate --recipe R [--section.key=value …]   the data stage (self-generated safety set)
+    thinksafe generate --merge DIR… --output OUT           one set from the shards of a multi-process run
     thinksafe eval     --recipe R --benchmarks a,b --output DIR [--model …]   benchmarks
     thinksafe score    --benchmark B --responses FILE --output DIR   re-score saved responses
     thinksafe export   ADAPTER_DIR OUTPUT_DIR               merge a LoRA adapter into a full model
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from pathlib import Path
 
 from thinksafe.errors import UserError, parse_args, user_message
 
@@ -32,6 +34,8 @@ def _lightning_cli(args: list[str], run: bool, prog: str = "thinksafe"):
 
 
 def generate(args: list[str]) -> None:
+    if "--merge" in args:
+        return merge(args)
     from thinksafe.lightning_cli import plain
 
     cli = _lightning_cli(args, run=False, prog="thinksafe generate")
@@ -43,6 +47,26 @@ def generate(args: list[str]) -> None:
         from thinksafe.metrics.in_distribution import report_generated
 
         report_generated(dm, limit=dm.in_distribution_rows)
+
+
+def merge(args: list[str]) -> None:
+    """``thinksafe generate --merge DIR [DIR …] --output OUT``: one set from the shards of a run (or the shard
+    directories of jobs that split one recipe's prompts), made with the same settings."""
+    import argparse  # a plain parser: jsonargparse reads lists as [a,b], and users will type `--merge a b`
+
+    from thinksafe.data.shards import merge_shards, merge_sources
+
+    parser = argparse.ArgumentParser(prog="thinksafe generate", description=merge.__doc__)
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        required=True,
+        metavar="DIR",
+        help=("shard directories (output_dir/shards/rank_<r>_of_<n>), or output directories holding them"),
+    )
+    parser.add_argument("--output", required=True, metavar="OUT", help="the merged set's directory (new or empty)")
+    opts = parser.parse_args(args)
+    merge_shards(Path(opts.output), merge_sources(opts.merge))
 
 
 def _function_command(fn, args: list[str], prog: str, as_positional: bool = True):

@@ -12,12 +12,16 @@ The artifact in ``output_dir``:
 Sampling and guarding are separate phases so each model (sampler, guard) holds the accelerator alone and
 its engine process exits before the next starts. Both phases append chunk by chunk (``chunk_size``
 prompts) and resume after any interruption, SIGKILL included.
+
+One job writes a directory at a time (:mod:`thinksafe.data.writer_lock`). A multi-process run splits the prompts
+into shards (:mod:`thinksafe.data.shards`), each built here into its own directory, then merged.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -27,17 +31,20 @@ from typing import Any
 from thinksafe.data.hf_card import CARD_FILE, TRAIN_FILE, where_line, write_hf_dataset
 from thinksafe.data.jsonl_log import JsonlLog, read_jsonl
 from thinksafe.data.prompts import PromptRow
+from thinksafe.data.writer_lock import LOCK_FILES, remove_lock_files, writer_lock
 from thinksafe.errors import UserError
 from thinksafe.files import disk_errors, write_json_atomic
 from thinksafe.guards.base import Guard
 from thinksafe.rows import LABELS, TextRow, is_harmful
-from thinksafe.sampling.base import Sampler, SamplingConfig
+from thinksafe.sampling.base import Sampler, SamplingConfig, generate_in_chunks
 from thinksafe.sampling.engine import engine_log
 from thinksafe.sampling.formats import FormatOption, check_response, resolve_format, restore_response
 from thinksafe.sampling.progress import GenerationProgress, reporting
 from thinksafe.sampling.steering import steer
 
 ARTIFACT_FILES = ("manifest.json", "sampled.jsonl", "samples.jsonl", "stats.json", TRAIN_FILE, CARD_FILE, "vllm.log")
+#: Where a multi-process run's shards are built, inside output_dir (thinksafe.data.shards).
+SHARDS_DIR = "shards"
 #: Below this share of kept harmful samples the run is reported as data-starved (the paper's term).
 STARVED_BELOW = 0.1
 
@@ -122,7 +129,7 @@ def _prepare_dir(out: Path, fp: str, overwrite: bool) -> tuple[bool, bool]:
     manifest = out / "manifest.json"
     if out.exists() and not out.is_dir():
         raise UserError(f"data.output_dir: {out} is a file; give a directory (new or made by `thinksafe generate`).")
-    if not out.exists() or not any(out.iterdir()):
+    if not out.exists() or not any(p.name not in LOCK_FILES for p in out.iterdir()):
         return False, False
     if not manifest.is_file():
         raise UserError(
@@ -147,8 +154,41 @@ def _prepare_dir(out: Path, fp: str, overwrite: bool) -> tuple[bool, bool]:
             )
         for name in ARTIFACT_FILES:
             (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / SHARDS_DIR, ignore_errors=True)
         return False, False
     return (out / "stats.json").is_file(), True
+
+
+def selfgen_settings(
+    *,
+    model: str,
+    prompts: list[PromptRow],
+    sampler: Sampler,
+    guard: Guard,
+    sampling: SamplingConfig,
+    steering_template: str,
+    reasoning_format: FormatOption = "auto",
+    chat_template_kwargs: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], str]:
+    """(settings, fingerprint) of a self-generated set: what binds a directory, each shard of it included."""
+    fmt, template_kwargs = resolve_format(model, reasoning_format, chat_template_kwargs=chat_template_kwargs)
+    settings = dict(
+        model=model,
+        steering_template=steering_template,
+        sampling=sampling.as_dict(),
+        reasoning_format=fmt,
+        chat_template_kwargs=template_kwargs,
+        guard=component_settings(guard),
+        sampler_class=component_settings(sampler)["class"],
+        prompts=len(prompts),
+    )
+    return settings, fingerprint(settings, prompts)
+
+
+def finished_with(out: Path, fp: str) -> bool:
+    """Whether ``out`` holds a finished set made with the settings of fingerprint ``fp`` (read only)."""
+    manifest = _read_json(out / "manifest.json") if (out / "manifest.json").is_file() else None
+    return manifest is not None and manifest.get("fingerprint") == fp and (out / "stats.json").is_file()
 
 
 def build_selfgen(
@@ -166,61 +206,100 @@ def build_selfgen(
     overwrite: bool = False,
     recipe: dict[str, Any] | None = None,
     console=None,
+    indices: list[int] | None = None,
+    shard: dict[str, int] | None = None,
 ) -> SelfGenResult:
     """Run (or resume, or reuse) the self-generation into ``output_dir``. All inputs must be validated
-    by the caller; this function fails before writing anything when the directory is not usable."""
+    by the caller; this function fails before writing anything when the directory is not usable, or when
+    another live job is writing it.
+
+    ``indices`` and ``shard`` (``{"rank": r, "of": n}``) build one shard of a multi-process run: only those
+    prompts (indices into ``prompts``, which is the whole set), recorded in the manifest; the shard's
+    stats.json marks it finished and it gets no dataset card (the merged set does)."""
     from rich.console import Console
 
     console = console or Console(stderr=True)
     if chunk_size < 1:
         raise UserError(f"data.chunk_size must be ≥ 1, got {chunk_size}.")
-    fmt, template_kwargs = resolve_format(model, reasoning_format, chat_template_kwargs=chat_template_kwargs)
-    settings = dict(
+    settings, fp = selfgen_settings(
         model=model,
+        prompts=prompts,
+        sampler=sampler,
+        guard=guard,
+        sampling=sampling,
         steering_template=steering_template,
-        sampling=sampling.as_dict(),
-        reasoning_format=fmt,
-        chat_template_kwargs=template_kwargs,
-        guard=component_settings(guard),
-        sampler_class=component_settings(sampler)["class"],
-        prompts=len(prompts),
+        reasoning_format=reasoning_format,
+        chat_template_kwargs=chat_template_kwargs,
     )
-    fp = fingerprint(settings, prompts)
     out = Path(output_dir)
-    finished, resumed = _prepare_dir(out, fp, overwrite)
-    if finished:
-        stats = _verify_finished(out)
-        if not (out / CARD_FILE).is_file():  # a set finished before thinksafe wrote dataset cards
-            write_hf_dataset(out, read_jsonl(out / "samples.jsonl"), stats)
-        console.print(f"[bold]{out}[/] is complete for these settings; reusing it.")
-        print_stats(stats, console)
-        console.print(where_line(out))
-        return SelfGenResult(out, stats, resumed=True, reused=True)
-
+    if finished_with(out, fp):  # reading a finished set takes no lock: several jobs may train on it at once
+        return _reuse(out, shard, console)
+    if not overwrite:
+        _prepare_dir(out, fp, overwrite=False)  # refuse a foreign directory before creating anything
     created = not out.exists()
     with disk_errors(out):
         out.mkdir(parents=True, exist_ok=True)
+    with writer_lock(out):
+        finished, resumed = _prepare_dir(out, fp, overwrite)  # again, now that no other job writes here
+        if finished:
+            return _reuse(out, shard, console)
+        return _build(
+            out,
+            fp,
+            settings,
+            prompts,
+            indices,
+            shard,
+            sampler,
+            guard,
+            sampling,
+            steering_template,
+            chunk_size,
+            recipe,
+            console,
+            resumed,
+            created,
+        )
+
+
+def _reuse(out: Path, shard: dict[str, int] | None, console) -> SelfGenResult:
+    stats = _verify_finished(out)
+    if shard is None and not (out / CARD_FILE).is_file():  # a set finished before thinksafe wrote dataset cards
+        write_hf_dataset(out, read_jsonl(out / "samples.jsonl"), stats)
+    console.print(f"[bold]{out}[/] is complete for these settings; reusing it.")
+    if shard is None:
+        print_stats(stats, console)
+        console.print(where_line(out))
+    return SelfGenResult(out, stats, resumed=True, reused=True)
+
+
+def _build(
+    out,
+    fp,
+    settings,
+    prompts,
+    indices,
+    shard,
+    sampler,
+    guard,
+    sampling,
+    steering_template,
+    chunk_size,
+    recipe,
+    console,
+    resumed,
+    created,
+) -> SelfGenResult:
+    fmt, template_kwargs = settings["reasoning_format"], settings["chat_template_kwargs"]
     wrote_manifest = not (out / "manifest.json").is_file()
     if wrote_manifest:
-        write_json_atomic(
-            out / "manifest.json",
-            dict(
-                fingerprint=fp,
-                settings=settings,
-                guard=guard_record(guard),
-                sampler=component_settings(sampler),
-                recipe=recipe,
-                versions=_versions(),
-                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                python=sys.version.split()[0],
-            ),
-        )
+        write_manifest(out, fp, settings, guard, sampler, recipe, shard)
     n = sampling.n
     t0 = time.time()
     try:
         try:
             sampled = _sample_phase(
-                out, prompts, sampler, sampling, fmt, template_kwargs, steering_template, chunk_size, console
+                out, prompts, indices, sampler, sampling, fmt, template_kwargs, steering_template, chunk_size, console
             )
         finally:
             sampler.close()
@@ -230,21 +309,44 @@ def build_selfgen(
             # bound by a manifest to settings that produced nothing
             (out / "manifest.json").unlink(missing_ok=True)
             (out / "vllm.log").unlink(missing_ok=True)  # its last lines are in the error
-            if created and not any(out.iterdir()):
-                out.rmdir()
+            if all(p.name in LOCK_FILES for p in out.iterdir()):
+                remove_lock_files(out)  # flock lives on the open descriptor: unlinking the file is safe
+                if created:
+                    out.rmdir()
         raise
     try:
         samples = _guard_phase(out, sampled, guard, n, chunk_size, console)
     finally:
         guard.close()
-    stats = compute_stats(samples, prompts, n)
+    stats = compute_stats(samples, len(indices) if indices is not None else len(prompts), n)
     stats["seconds"] = round(time.time() - t0, 1)
     stats["guard"] = guard_record(guard)
+    if shard is not None:  # a shard's stats.json says it is finished; the merge writes the set's card and stats
+        write_json_atomic(out / "stats.json", stats)
+        return SelfGenResult(out, stats, resumed=resumed, reused=False)
     write_hf_dataset(out, samples, stats)  # before stats.json: a finished set always has its card
     write_json_atomic(out / "stats.json", stats)
     print_stats(stats, console)
     console.print(where_line(out))
     return SelfGenResult(out, stats, resumed=resumed, reused=False)
+
+
+def write_manifest(out: Path, fp, settings, guard, sampler, recipe, shard: dict[str, int] | None = None) -> None:
+    """manifest.json: written first, it binds the directory to the settings that make it."""
+    write_json_atomic(
+        out / "manifest.json",
+        dict(
+            fingerprint=fp,
+            settings=settings,
+            guard=guard_record(guard),
+            sampler=component_settings(sampler),
+            recipe=recipe,
+            versions=_versions(),
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            python=sys.version.split()[0],
+            **({"shard": shard} if shard is not None else {}),
+        ),
+    )
 
 
 def _read_json(path: Path) -> dict | None:
@@ -288,32 +390,37 @@ def _chunks(items: list, size: int):
         yield items[i : i + size]
 
 
-def _sample_phase(out, prompts, sampler, sampling, fmt, template_kwargs, steering_template, chunk_size, console):
+def _sample_phase(
+    out, prompts, indices, sampler, sampling, fmt, template_kwargs, steering_template, chunk_size, console
+):
     n = sampling.n
+    mine = list(range(len(prompts))) if indices is None else indices
     log = JsonlLog(out / "sampled.jsonl")
     done = log.recover("prompt_index", lambda _k, rows: len(rows) == n)
     done_ids = {r["prompt_index"] for r in done}
-    pending = [i for i in range(len(prompts)) if i not in done_ids]
+    pending = [i for i in mine if i not in done_ids]
     if done_ids:
-        console.print(f"resuming: {len(done_ids)} of {len(prompts)} prompts already sampled")
+        console.print(f"resuming: {len(done_ids)} of {len(mine)} prompts already sampled")
     with (
         engine_log(out / "vllm.log"),
         reporting(
-            GenerationProgress("sampling", total=len(prompts) * n, completed=len(done), console=console)
+            GenerationProgress("sampling", total=len(mine) * n, completed=len(done), console=console)
         ) as progress,
         progress,
     ):
-        for chunk in _chunks(pending, chunk_size):
-            sent = [steer(prompts[i].instruction, prompts[i].harmful, steering_template) for i in chunk]
-            convs = [[{"role": "user", "content": s}] for s in sent]
-            seeds = [sampling.seed * 1_000_003 + i for i in chunk]
-            completions = sampler.generate(
-                model=_model_of(out),
-                conversations=convs,
-                params=sampling,
-                chat_template_kwargs=template_kwargs,
-                seeds=seeds,
-            )
+        sent_all = [steer(prompts[i].instruction, prompts[i].harmful, steering_template) for i in pending]
+        # every pending prompt goes to the sampler at once (a vLLM engine is fed continuously); the chunks come
+        # back in prompt order, each appended as soon as it is complete: chunk_size is only the unit of resumption
+        for part, completions in generate_in_chunks(
+            sampler,
+            _model_of(out),
+            [[{"role": "user", "content": s}] for s in sent_all],
+            sampling,
+            template_kwargs,
+            [sampling.seed * 1_000_003 + i for i in pending],
+            chunk_size,
+        ):
+            chunk, sent = pending[part.start : part.stop], sent_all[part.start : part.stop]
             rows = []
             for i, s, comps in zip(chunk, sent, completions):
                 p = prompts[i]
@@ -408,7 +515,9 @@ def _guard_phase(out, sampled, guard, n, chunk_size, console):
     return sorted(done, key=lambda r: (r["prompt_index"], r["sample_index"]))
 
 
-def compute_stats(samples: list[dict], prompts: list[PromptRow], n: int) -> dict[str, Any]:
+def compute_stats(samples: list[dict], prompts: list[PromptRow] | int, n: int) -> dict[str, Any]:
+    """Per-label counts and rates of ``samples``; ``prompts``: the prompt set, or its size."""
+    num_prompts = prompts if isinstance(prompts, int) else len(prompts)
     per: dict[str, dict[str, Any]] = {}
     for label in LABELS:
         rows = [r for r in samples if r["label"] == label]
@@ -446,7 +555,7 @@ def compute_stats(samples: list[dict], prompts: list[PromptRow], n: int) -> dict
         per_label=per,
         harmful=harmful,
         benign=benign,
-        all=dict(prompts=len(prompts), samples=len(samples), kept=sum(r["kept"] for r in samples)),
+        all=dict(prompts=num_prompts, samples=len(samples), kept=sum(r["kept"] for r in samples)),
         reject_reasons=dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
         samples_per_prompt=n,
         data_starved=starved,

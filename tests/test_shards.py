@@ -1,0 +1,172 @@
+"""The data stage split into shards and merged, the merge command, and one writer per directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from thinksafe.cli import main
+from thinksafe.data.prompts import load_prompts
+from thinksafe.data.selfgen import build_selfgen
+from thinksafe.data.shards import merge_shards, merge_sources, shard_dir, shard_indices
+from thinksafe.errors import UserError
+from thinksafe.guards import OfflineJudge
+from thinksafe.sampling import SamplingConfig, TransformersSampler
+from thinksafe.sampling.steering import PAPER_TEMPLATE
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ROOT / "data" / "debug_prompts.jsonl"
+
+
+def test_shards_take_whole_chunks_in_turn_and_cover_every_prompt_once():
+    assert shard_indices(11, 2, 0, 3) == [0, 1, 6, 7]
+    assert shard_indices(11, 2, 1, 3) == [2, 3, 8, 9]
+    assert shard_indices(11, 2, 2, 3) == [4, 5, 10]
+    for n, cs, k in [(12, 4, 2), (12, 5, 4), (3, 8, 2), (100, 7, 8)]:
+        parts = [shard_indices(n, cs, s, k) for s in range(k)]
+        assert sorted(i for p in parts for i in p) == list(range(n))
+        # each shard's chunks are the one-process run's chunks: the same prompts in every engine call
+        for p in parts:
+            for c in range(0, len(p), cs):
+                chunk = p[c : c + cs]
+                assert chunk[0] % cs == 0 and chunk == list(range(chunk[0], min(chunk[0] + cs, n)))
+
+
+def _build(out, model, seed=0, **kw):
+    return build_selfgen(
+        output_dir=out,
+        model=str(model),
+        prompts=load_prompts(str(PROMPTS)),
+        sampler=TransformersSampler(batch_size=4),
+        guard=OfflineJudge(),
+        sampling=SamplingConfig(n=2, max_tokens=12, seed=seed),
+        steering_template=PAPER_TEMPLATE,
+        reasoning_format="plain",
+        chunk_size=3,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_qwen3, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("one") / "set"
+    _build(out, tiny_qwen3)
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_shards(tiny_qwen3, tmp_path_factory) -> Path:
+    """The same set built as two shards (what two ranks of a fit write), not merged yet."""
+    out = tmp_path_factory.mktemp("two") / "set"
+    n = len(load_prompts(str(PROMPTS)))
+    for s in range(2):
+        _build(shard_dir(out, s, 2), tiny_qwen3, indices=shard_indices(n, 3, s, 2), shard=dict(rank=s, of=2))
+    return out
+
+
+def _stats(path: Path) -> dict:
+    stats = json.loads((path / "stats.json").read_text())
+    stats.pop("seconds")
+    return stats
+
+
+def test_merged_shards_equal_the_one_process_set(one_process, two_shards, tmp_path, capsys):
+    shards = [shard_dir(two_shards, s, 2) for s in range(2)]
+    assert all((s / "samples.jsonl").stat().st_size for s in shards)  # both shards sampled
+    assert merge_sources([two_shards]) == shards  # an output directory names its shards
+    out = tmp_path / "merged"
+    assert main(["generate", "--merge", *map(str, shards), "--output", str(out)]) == 0
+    for name in ("samples.jsonl", "sampled.jsonl", "train.jsonl"):
+        assert (out / name).read_bytes() == (one_process / name).read_bytes(), name
+    assert _stats(out) == _stats(one_process)
+    manifest, reference = (json.loads((d / "manifest.json").read_text()) for d in (out, one_process))
+    assert manifest["fingerprint"] == reference["fingerprint"] and "shard" not in manifest
+    assert manifest["merged_from"] == [str(s) for s in shards]
+    # the merged set is a finished set like any other: the same settings reuse it
+    assert _build(out, json.loads((out / "manifest.json").read_text())["settings"]["model"]).reused
+
+
+def test_merge_refuses_other_settings_overlap_and_missing_shards(tiny_qwen3, two_shards, tmp_path, capsys):
+    shards = [shard_dir(two_shards, s, 2) for s in range(2)]
+    other = tmp_path / "other"
+    n = len(load_prompts(str(PROMPTS)))
+    _build(other, tiny_qwen3, seed=1, indices=shard_indices(n, 3, 1, 2), shard=dict(rank=1, of=2))
+    cases = [
+        ([shards[0], other], "different settings (sampling differ"),
+        ([shards[0], shards[0]], "overlap"),
+        ([shards[0]], "missing"),
+        ([tmp_path], "no readable manifest.json"),
+    ]
+    for sources, expected in cases:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        assert main(["generate", "--merge", *map(str, sources), "--output", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, err
+        assert not (out / "samples.jsonl").exists()
+
+
+def test_an_unfinished_shard_is_not_merged(two_shards, tmp_path):
+    half = shutil.copytree(shard_dir(two_shards, 1, 2), tmp_path / "half")
+    (half / "stats.json").unlink()
+    with pytest.raises(UserError, match="unfinished"):
+        merge_shards(tmp_path / "out", [shard_dir(two_shards, 0, 2), half])
+
+
+# -------------------------------------------------------------------------------------------- one writer
+GENERATE_RECIPE = {
+    "model": {"name_or_path": None},
+    "data": {
+        "prompts": str(PROMPTS),
+        "output_dir": None,
+        "chunk_size": 1,
+        "reasoning_format": "plain",
+        "in_distribution_rows": 0,
+        "sampler": {"class_path": "thinksafe.sampling.TransformersSampler"},
+        "guard": {"class_path": "thinksafe.guards.OfflineJudge"},
+        "sampling": {"n": 2, "max_tokens": 40, "seed": 3},
+    },
+    "trainer": {"accelerator": "cpu", "logger": False},
+}
+
+
+@pytest.mark.slow
+def test_a_second_generate_on_a_directory_being_written_is_refused(tiny_qwen3, tmp_path):
+    import yaml
+
+    out = tmp_path / "set"
+    recipe = json.loads(json.dumps(GENERATE_RECIPE))
+    recipe["model"]["name_or_path"], recipe["data"]["output_dir"] = str(tiny_qwen3), str(out)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    cmd = [sys.executable, "-m", "thinksafe.cli", "generate", "--recipe", str(tmp_path / "r.yaml")]
+    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        sampled = out / "sampled.jsonl"
+        deadline = time.time() + 300
+        while time.time() < deadline and (not sampled.exists() or len(sampled.read_bytes().splitlines()) < 2):
+            assert first.poll() is None, first.stdout.read().decode()
+            time.sleep(0.05)
+        second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert first.poll() is None  # the refusal came while the first was still writing
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert "is being written by another running job" in second.stderr
+        assert f"pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
+        log = first.communicate(timeout=600)[0].decode()
+        assert first.returncode == 0, log[-3000:]
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    n = len(load_prompts(str(PROMPTS)))
+    assert sorted((r["prompt_index"], r["sample_index"]) for r in rows) == [(i, j) for i in range(n) for j in range(2)]
+    assert json.loads((out / "stats.json").read_text())["all"]["samples"] == 2 * n
+    # the lock died with its holder: the same command now reuses the finished set
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "reusing it" in again.stderr, again.stderr[-2000:]

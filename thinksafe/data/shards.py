@@ -1,0 +1,464 @@
+"""The data stage on every rank of a multi-process run, and the merge of its shards.
+
+Each rank (or each tensor-parallel group of ranks) samples and guards its share of the prompts with its own
+engine on its own device(s), into ``output_dir/shards/rank_<r>_of_<n>/`` — a self-generated set of its own
+(:func:`thinksafe.data.selfgen.build_selfgen` with ``indices``), resumable by itself. One rank then merges the
+shards into the usual artifact in ``output_dir``.
+
+The split is by chunk: chunk ``k`` (prompts ``k*chunk_size`` … ``(k+1)*chunk_size - 1``) goes to shard
+``k % n``, so each engine call holds the very prompts of the one-process run's call (per-sample seeds then give
+the same samples) and the merged ``samples.jsonl``, ``stats.json`` (but its ``seconds``) and the fingerprint equal
+a one-process run's.
+
+Nothing waits in a collective while the engines work: a rank that finishes its shard polls the shared file
+system for the other shards' ``stats.json`` (watching their heartbeat files, so a rank that died is noticed),
+then all meet at one barrier. Collectives are used only where every rank arrives within seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+from thinksafe.data.jsonl_log import JsonlLog
+from thinksafe.data.selfgen import (
+    SHARDS_DIR,
+    SelfGenResult,
+    _prepare_dir,
+    _read_json,
+    _verify_finished,
+    build_selfgen,
+    compute_stats,
+    finished_with,
+    print_stats,
+    selfgen_settings,
+    write_manifest,
+)
+from thinksafe.data.writer_lock import writer_lock
+from thinksafe.errors import UserError
+from thinksafe.files import disk_errors, write_bytes_atomic, write_json_atomic
+
+HEARTBEAT = ".alive"
+#: A shard whose heartbeat file has not changed for this long (this rank's clock) belongs to a dead rank.
+STALE_AFTER_S = 600.0
+HEARTBEAT_EVERY_S = 20.0
+POLL_EVERY_S = 2.0
+
+
+def shard_indices(num_prompts: int, chunk_size: int, shard: int, shards: int) -> list[int]:
+    """The prompt indices of ``shard`` of ``shards``: every ``shards``-th chunk, starting at chunk ``shard``."""
+    return [
+        i
+        for start in range(shard * chunk_size, num_prompts, shards * chunk_size)
+        for i in range(start, min(start + chunk_size, num_prompts))
+    ]
+
+
+def shard_dir(output_dir: str | Path, shard: int, shards: int) -> Path:
+    return Path(output_dir) / SHARDS_DIR / f"rank_{shard}_of_{shards}"
+
+
+# ------------------------------------------------------------------------------------------------------ merge
+def merge_shards(out: Path, sources: list[Path], console=None, *, lock: bool = True) -> dict[str, Any]:
+    """Merge finished shard (or job) directories made with the same settings into the set in ``out``; returns
+    its stats. The sources must together hold every prompt's samples exactly once."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    manifests = []
+    for src in sources:
+        m = _read_json(src / "manifest.json") if (src / "manifest.json").is_file() else None
+        if m is None or "fingerprint" not in m:
+            raise UserError(
+                f"--merge: {src} holds no readable manifest.json, so it was not made by `thinksafe generate` or "
+                "`thinksafe fit`; give the shard directories (output_dir/shards/rank_<r>_of_<n>) or output "
+                "directories of runs made with the same recipe."
+            )
+        if not (src / "stats.json").is_file():
+            raise UserError(
+                f"--merge: {src} is unfinished (no stats.json); run the command that made it again to finish it "
+                "(it resumes), then merge."
+            )
+        manifests.append(m)
+    first = manifests[0]
+    for src, m in zip(sources[1:], manifests[1:]):
+        if m["fingerprint"] != first["fingerprint"]:
+            differ = sorted(
+                k
+                for k in set(first.get("settings", {})) | set(m.get("settings", {}))
+                if first.get("settings", {}).get(k) != m.get("settings", {}).get(k)
+            )
+            raise UserError(
+                f"--merge: {src} and {sources[0]} were made with different settings "
+                f"({', '.join(differ) or 'the prompts'} differ; see their manifest.json), so their samples do not "
+                "form one set. Merge only directories made with the same recipe; nothing was written."
+            )
+    settings = first["settings"]
+    n, num_prompts = settings["sampling"]["n"], settings["prompts"]
+    samples, sampled, seen, seconds = [], [], {}, []
+    for src in sources:
+        _verify_finished(src)
+        for row in JsonlLog(src / "samples.jsonl").verify():
+            key = (row["prompt_index"], row["sample_index"])
+            if key in seen:
+                raise UserError(
+                    f"--merge: prompt {key[0]} sample {key[1]} is in both {seen[key]} and {src}: the directories "
+                    "overlap (the same shard twice, or whole runs of the same prompts). Merge each shard once."
+                )
+            seen[key] = src
+            samples.append(row)
+        sampled.extend(JsonlLog(src / "sampled.jsonl").verify())
+        seconds.append(_read_json(src / "stats.json").get("seconds") or 0)
+    missing = sorted({i for i in range(num_prompts)} - {k[0] for k in seen})
+    if missing or len(seen) != num_prompts * n:
+        raise UserError(
+            f"--merge: the directories hold {len(seen)} of the set's {num_prompts * n} samples (prompt "
+            f"{missing[0] if missing else '?'} is missing{f' and {len(missing) - 1} more' if len(missing) > 1 else ''})"
+            "; add the missing shard directories (output_dir/shards/rank_<r>_of_<n>) and merge again."
+        )
+    order = lambda r: (r["prompt_index"], r["sample_index"])  # noqa: E731
+    samples.sort(key=order)
+    sampled.sort(key=order)
+    with ExitStack() as stack:
+        with disk_errors(out):
+            out.mkdir(parents=True, exist_ok=True)
+        if lock:
+            stack.enter_context(writer_lock(out, "--output"))
+        _prepare_dir(out, first["fingerprint"], overwrite=False)
+        if not (out / "manifest.json").is_file():
+            manifest = {k: v for k, v in first.items() if k != "shard"}
+            write_json_atomic(out / "manifest.json", {**manifest, "merged_from": [str(s) for s in sources]})
+        stats = compute_stats(samples, num_prompts, n)
+        stats["seconds"] = max(seconds)  # the shards ran side by side
+        stats["guard"] = _read_json(sources[0] / "stats.json").get("guard")
+        write_bytes_atomic(out / "sampled.jsonl", _jsonl(sampled))
+        write_bytes_atomic(out / "samples.jsonl", _jsonl(samples))
+        from thinksafe.data.hf_card import where_line, write_hf_dataset
+
+        write_hf_dataset(out, samples, stats)
+        write_json_atomic(out / "stats.json", stats)  # last: the set is finished
+    print_stats(stats, console)
+    console.print(where_line(out))
+    return stats
+
+
+def _jsonl(rows: list[dict]) -> bytes:
+    # the encoding JsonlLog.append writes, so a merged file equals a one-process run's byte for byte
+    return b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in rows)
+
+
+def merge_sources(paths: list[str | Path]) -> list[Path]:
+    """The shard directories named by ``paths``: a shard directory itself, or an output directory holding
+    ``shards/rank_<r>_of_<n>`` (the largest complete split there) or a finished set of its own."""
+    out = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise UserError(f"--merge: {p} is not a directory.")
+        shards = sorted((p / SHARDS_DIR).glob("rank_*_of_*")) if (p / SHARDS_DIR).is_dir() else []
+        if shards and not (p / "stats.json").is_file():
+            by_split: dict[int, list[Path]] = {}
+            for s in shards:
+                by_split.setdefault(int(s.name.rsplit("_", 1)[1]), []).append(s)
+            split = max(by_split)
+            out.extend(sorted(by_split[split], key=lambda s: int(s.name.split("_")[1])))
+        else:
+            out.append(p)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- every rank's work
+class Ranks:
+    """The few short collectives the sharded stage needs, over the default process group."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self.dist = dist
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+
+    def gather(self, obj: Any) -> list[Any]:
+        out: list[Any] = [None] * self.world
+        self.dist.all_gather_object(out, obj)
+        return out
+
+    def agree(self, error: str | None, what: str) -> None:
+        """Raise on every rank when any rank failed (its message), so no rank is left waiting."""
+        errors = [(r, e) for r, e in enumerate(self.gather(error)) if e]
+        if error:
+            raise UserError(error)
+        if errors:
+            rank, message = errors[0]
+            raise UserError(f"{what} failed on rank {rank}: {message}")
+
+
+def _message(e: BaseException) -> str:
+    from thinksafe.errors import user_message
+
+    return user_message(e) or f"{type(e).__name__}: {e}"
+
+
+def build_sharded(
+    *,
+    ranks: Ranks,
+    device_index: int | None,
+    output_dir: str | Path,
+    model: str,
+    prompts,
+    sampler,
+    guard,
+    sampling,
+    steering_template: str,
+    reasoning_format,
+    chat_template_kwargs,
+    chunk_size: int,
+    overwrite: bool,
+    recipe: dict[str, Any] | None,
+    console,
+) -> SelfGenResult:
+    """The data stage on every rank (all ranks call it together); returns the merged set on every rank.
+
+    ``device_index``: this rank's accelerator (None on CPUs); with ``tensor_parallel_size`` t > 1 in the sampler,
+    ranks form groups of t consecutive ranks, whose first rank runs one engine on the group's t devices."""
+    from rich.console import Console
+
+    from thinksafe.data.selfgen import _reuse
+
+    console = console or Console(stderr=True)
+    out = Path(output_dir)
+    settings, fp = selfgen_settings(
+        model=model,
+        prompts=prompts,
+        sampler=sampler,
+        guard=guard,
+        sampling=sampling,
+        steering_template=steering_template,
+        reasoning_format=reasoning_format,
+        chat_template_kwargs=chat_template_kwargs,
+    )
+    tp = max(getattr(sampler, "tensor_parallel_size", 1), getattr(guard, "tensor_parallel_size", 1) or 1)
+    if ranks.world % tp:
+        raise UserError(
+            f"data.sampler.init_args.tensor_parallel_size={tp} does not divide the {ranks.world} processes of this "
+            "run: each engine takes that many devices of one node. Choose a tensor_parallel_size that divides the "
+            "devices per node."
+        )
+    with ExitStack() as stack:
+        # rank 0 checks the directory and holds its writer lock for the whole stage (its shards' too: they are
+        # inside it); its verdict reaches every rank before anyone writes
+        state, error = None, None
+        if ranks.rank == 0:
+            try:
+                state = _claim(out, fp, settings, guard, sampler, recipe, overwrite, stack)
+            except Exception as e:  # noqa: BLE001 — every rank must hear of it, or they wait forever
+                error = _message(e)
+        ranks.agree(error, "preparing data.output_dir")
+        state = ranks.gather(state)[0]
+        if state == "finished":
+            if ranks.rank == 0:
+                return _reuse(out, None, console)
+            return SelfGenResult(out, _verify_finished(out), resumed=True, reused=True)
+        _check_shared(out, ranks)
+        shards = ranks.world // tp
+        mine = ranks.rank // tp if ranks.rank % tp == 0 else None
+        with _heartbeat(out, ranks.rank, ranks.world):
+            error = None
+            if mine is not None:
+                where = shard_dir(out, mine, shards)
+                try:
+                    with _visible_devices(device_index, tp):
+                        build_selfgen(
+                            output_dir=where,
+                            model=model,
+                            prompts=prompts,
+                            sampler=sampler,
+                            guard=guard,
+                            sampling=sampling,
+                            steering_template=steering_template,
+                            reasoning_format=reasoning_format,
+                            chat_template_kwargs=chat_template_kwargs,
+                            chunk_size=chunk_size,
+                            recipe=recipe,
+                            console=console,
+                            indices=shard_indices(len(prompts), chunk_size, mine, shards),
+                            shard=dict(rank=mine, of=shards, chunk_size=chunk_size),
+                        )
+                except BaseException as e:
+                    error = _message(e)
+                    _write_failure(out, mine, shards, error)
+                    raise
+            # the long wait happens here, outside any collective: shards finish hours apart on large sets
+            _wait_for_shards(out, shards, tp, ranks.world, fp, console)
+        ranks.gather(None)  # everyone is here within a poll interval
+        error = None
+        if ranks.rank == 0:
+            try:
+                merge_shards(out, [shard_dir(out, s, shards) for s in range(shards)], console, lock=False)
+            except Exception as e:  # noqa: BLE001
+                error = _message(e)
+        ranks.agree(error, "merging the shards")
+    return SelfGenResult(out, _verify_finished(out), resumed=False, reused=False)
+
+
+def _claim(out: Path, fp, settings, guard, sampler, recipe, overwrite: bool, stack: ExitStack) -> str:
+    if finished_with(out, fp):
+        return "finished"
+    if not overwrite:
+        _prepare_dir(out, fp, overwrite=False)
+    with disk_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+    stack.enter_context(writer_lock(out))
+    finished, _ = _prepare_dir(out, fp, overwrite)
+    if finished:
+        return "finished"
+    if not (out / "manifest.json").is_file():
+        write_manifest(out, fp, settings, guard, sampler, recipe)
+    for old in (out / SHARDS_DIR).glob("rank_*.failed"):
+        old.unlink(missing_ok=True)  # a failure of an earlier run; this one starts afresh
+    return "build"
+
+
+def _check_shared(out: Path, ranks: Ranks) -> None:
+    """Every rank writes a token into output_dir and must see every other rank's: the shards are merged from
+    one place, so output_dir must be one directory for all nodes."""
+    token = uuid.uuid4().hex
+    hosts = ranks.gather((socket.gethostname(), token))
+    d = out / SHARDS_DIR / ".hosts"
+    error = None
+    try:
+        with disk_errors(d):
+            d.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(d / f"rank_{ranks.rank}", token.encode())
+    except Exception as e:  # noqa: BLE001
+        error = _message(e)
+    ranks.agree(error, "writing output_dir")
+    unseen: list[int] = []
+    deadline = time.monotonic() + 30  # NFS clients may cache a directory's listing for up to ~30 s
+    while True:
+        unseen = [r for r, (_h, t) in enumerate(hosts) if _read(d / f"rank_{r}") != t]
+        if not unseen or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    blind = [(r, u) for r, u in enumerate(ranks.gather(unseen)) if u]
+    if blind:
+        rank, u = blind[0]
+        raise UserError(
+            f"data.output_dir: {out} is not one shared directory for all processes of this run: rank {rank} on "
+            f"{hosts[rank][0]} does not see the files that rank(s) {', '.join(map(str, u))} on "
+            f"{', '.join(sorted({hosts[x][0] for x in u}))} wrote there. Every rank builds its shard of the data "
+            "set there and one rank merges them, so on several nodes data.output_dir must be on a file system "
+            "all nodes mount (NFS, Lustre, GPFS, …). Point it there, or run `thinksafe generate` first and train "
+            "on the finished set."
+        )
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _alive_path(out: Path, rank: int, world: int) -> Path:
+    return out / SHARDS_DIR / f".alive_rank_{rank}_of_{world}"
+
+
+@contextmanager
+def _heartbeat(out: Path, rank: int, world: int):
+    """Touch this rank's heartbeat file while the block runs, so the others can tell a slow rank from a dead
+    one (a thread: the engine call it runs beside can take hours)."""
+    path = _alive_path(out, rank, world)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                path.write_text(f"{time.time()}\n")
+            except OSError:
+                pass
+            if stop.wait(HEARTBEAT_EVERY_S):
+                return
+
+    thread = threading.Thread(target=beat, name="thinksafe-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _failure_path(out: Path, shard: int, shards: int) -> Path:
+    return out / SHARDS_DIR / f"rank_{shard}_of_{shards}.failed"
+
+
+def _write_failure(out: Path, shard: int, shards: int, message: str) -> None:
+    try:
+        _failure_path(out, shard, shards).write_text(message)
+    except OSError:
+        pass
+
+
+def _wait_for_shards(out: Path, shards: int, tp: int, world: int, fp: str, console) -> None:
+    last: dict[int, tuple[float | None, float]] = {}
+    said = False
+    while True:
+        pending = []
+        for s in range(shards):
+            d = shard_dir(out, s, shards)
+            failed = _read(_failure_path(out, s, shards))
+            if failed is not None:
+                raise UserError(
+                    f"the data stage failed on rank {s * tp} (shard {d}): {failed} — the other shards are kept; "
+                    "fix the cause and run the same command again to resume."
+                )
+            if not finished_with(d, fp):
+                pending.append(s)
+                alive = _alive_path(out, s * tp, world)
+                try:
+                    mtime: float | None = alive.stat().st_mtime
+                except OSError:
+                    mtime = None
+                seen, since = last.get(s, (None, time.monotonic()))
+                if mtime != seen:
+                    last[s] = (mtime, time.monotonic())
+                elif time.monotonic() - since > STALE_AFTER_S:
+                    raise UserError(
+                        f"the data stage: rank {s * tp} stopped working on its shard {d} (its heartbeat file "
+                        f"{alive} has not changed for {STALE_AFTER_S / 60:.0f} minutes; the process died or hangs). "
+                        "Finished rows are kept: run the same command again to resume every shard where it stopped."
+                    )
+        if not pending:
+            return
+        if not said:
+            console.print(
+                f"this rank's shard is done; waiting for shard(s) {', '.join(map(str, pending))} of {shards} "
+                f"(in {out / SHARDS_DIR})"
+            )
+            said = True
+        time.sleep(POLL_EVERY_S)
+
+
+@contextmanager
+def _visible_devices(device_index: int | None, tp: int):
+    """The engine process (spawned, so it inherits the environment of the moment) sees only this rank's
+    device(s); the training process, whose CUDA context already exists, is not affected."""
+    if device_index is None:
+        yield
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",") if visible else [str(i) for i in range(device_index + tp)]
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids[device_index : device_index + tp])
+    try:
+        yield
+    finally:
+        if visible is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible
