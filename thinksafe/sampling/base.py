@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -70,6 +71,45 @@ class Sampler(Protocol):
     def close(self) -> None:
         """Free the engine/model and its accelerator memory now; a later :meth:`generate` starts it again."""
         ...
+
+
+def generate_in_chunks(
+    sampler: Sampler,
+    model: str,
+    conversations: list[list[Message]],
+    params: SamplingConfig,
+    chat_template_kwargs: dict[str, Any] | None,
+    seeds: list[int],
+    chunk_size: int,
+) -> Iterator[tuple[range, list[list[Completion]]]]:
+    """``(positions, their completions)`` for ``chunk_size`` consecutive conversations at a time, in order, each
+    chunk as soon as its last conversation is finished.
+
+    A sampler with a ``stream`` method (vLLM) gets every conversation in one call, so its engine never waits at
+    a chunk boundary for the chunk's slowest trace: a chunk is only the unit the caller saves (and resumes from).
+    Finished conversations behind an unfinished one wait here, so chunks still come out in order. Any other
+    sampler is called once per chunk."""
+    stream = getattr(sampler, "stream", None)
+    if stream is None:
+        for start in range(0, len(conversations), chunk_size):
+            part = range(start, min(start + chunk_size, len(conversations)))
+            yield (
+                part,
+                sampler.generate(
+                    model, conversations[start : part.stop], params, chat_template_kwargs, seeds[start : part.stop]
+                ),
+            )
+        return
+    ready: dict[int, list[Completion]] = {}
+    start = 0
+    for i, completions in stream(model, conversations, params, chat_template_kwargs, seeds):
+        ready[i] = completions
+        while start < len(conversations):
+            part = range(start, min(start + chunk_size, len(conversations)))
+            if any(k not in ready for k in part):
+                break
+            yield part, [ready.pop(k) for k in part]
+            start = part.stop
 
 
 # Sampling presets used outside evaluation, defined here once (the evaluation presets per model family are

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import inspect
 import multiprocessing as mp
 import os
 import re
@@ -21,7 +22,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,17 +92,22 @@ class _ReportingBar:
 
     def _send(self, force: bool = False) -> None:
         now = time.monotonic()
-        if _report_conn is not None and (force or now - self._sent >= 0.2):
+        if force or now - self._sent >= 0.2:
             self._sent = now
-            _report_conn.send(
-                ("progress", {"kind": "requests", "done": self.n, "total": self.total, "tokens": self.tokens}, None)
-            )
+            report_requests(self.n, self.total, self.tokens)
 
     def refresh(self) -> None:
         self._send(force=True)
 
     def close(self) -> None:
         self._send(force=True)
+
+
+def report_requests(done: int, total: int, tokens: int) -> None:
+    """In the engine process: ``done`` of the current call's ``total`` requests are finished, ``tokens``
+    generated so far (a ``requests`` event for the parent's progress display)."""
+    if _report_conn is not None:
+        _report_conn.send(("progress", {"kind": "requests", "done": done, "total": total, "tokens": tokens}, None))
 
 
 def progress_bar(iterable=None, *, total: int | None = None, **_kwargs: Any):
@@ -151,7 +157,12 @@ def _worker(conn, engine_kwargs: dict[str, Any], log_path: str | None = None) ->
             break
         fn, args = msg
         try:
-            conn.send(("ok", fn(llm, *args), None))
+            result = fn(llm, *args)
+            if inspect.isgenerator(result):  # a streaming call: each item goes to the parent as it is produced
+                for item in result:
+                    conn.send(("item", item, None))
+                result = None
+            conn.send(("ok", result, None))
         except BaseException as e:
             conn.send(("error", f"{type(e).__name__}: {e}", traceback.format_exc()))
     conn.close()
@@ -307,19 +318,40 @@ class EngineProcess:
 
     def run(self, engine_kwargs: dict[str, Any], fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(llm, *args)`` in an engine built with ``engine_kwargs``; ``fn`` must be a module-level function."""
+        calls = self.stream(engine_kwargs, fn, *args)
+        while True:
+            try:
+                next(calls)
+            except StopIteration as end:
+                return end.value
+
+    def stream(self, engine_kwargs: dict[str, Any], fn: Callable[..., Any], *args: Any) -> Iterator[Any]:
+        """Like :meth:`run` for a generator function ``fn``: yields its items as the engine produces them (the
+        engine goes on working while the caller handles them). A caller that stops early ends the engine, whose
+        call cannot be taken back; the next call starts it again."""
         if active_reporter() is None:  # a caller that shows no progress of its own: one display for this call
             with GenerationProgress(self.what) as progress, reporting(progress):
-                return self.run(engine_kwargs, fn, *args)
+                return (yield from self.stream(engine_kwargs, fn, *args))
         if self.alive and self.engine_kwargs != engine_kwargs:
             self._stop()
         if not self.alive:
             self._start(engine_kwargs)
         assert self._conn is not None
         self._conn.send((fn, args))
-        status, result, tb = self._recv()
-        if status == "error":
-            raise RuntimeError(f"{self.what} failed: {result}\n{tb}")
-        return result
+        answered = False
+        try:
+            while True:
+                status, result, tb = self._recv()
+                if status == "item":
+                    yield result
+                    continue
+                answered = True
+                if status == "error":
+                    raise RuntimeError(f"{self.what} failed: {result}\n{tb}")
+                return result
+        finally:
+            if not answered:  # the rest of this call's replies would be read as the next call's
+                self._stop()
 
     def close(self) -> None:
         """End the engine and free its memory (not inside :func:`kept_engines`)."""

@@ -83,10 +83,11 @@ class GenerationProgress:
         self.every_s = every_s
         self.total = total
         self.resumed = completed
-        self.base_done = completed  # committed samples (before the current engine call)
+        self.base_done = completed  # committed samples
         self.base_tokens = 0
-        self.call_done = 0
-        self.call_tokens = 0
+        self._call = (0, 0)  # (requests finished, tokens) the current engine call has reported
+        self._call_committed = (0, 0)  # of which committed already (a streaming call commits as it goes)
+        self._in_call = False  # the current engine call has unfinished requests
         self.busy = 0.0  # seconds of generation in committed calls
         self.call_started: float | None = None
         self._mark = time.monotonic()  # end of the last committed call
@@ -121,6 +122,14 @@ class GenerationProgress:
         self._progress.__exit__(*exc)
         if not self.console.is_terminal:
             self.console.print(self.line())
+
+    @property
+    def call_done(self) -> int:
+        return max(0, self._call[0] - self._call_committed[0])
+
+    @property
+    def call_tokens(self) -> int:
+        return max(0, self._call[1] - self._call_committed[1])
 
     @property
     def done(self) -> int:
@@ -190,20 +199,25 @@ class GenerationProgress:
                 self.call_started = time.monotonic()
             if self.total is None:
                 self.total = self.base_done + int(event["total"])
-            self.call_done, self.call_tokens = int(event["done"]), int(event.get("tokens") or 0)
+            done, total = int(event["done"]), int(event["total"])
+            if done == 0:  # a new engine call: its counts start from zero
+                self._call_committed = (0, 0)
+            self._call = (done, int(event.get("tokens") or 0))
+            self._in_call = done < total
             self._refresh()
 
     def commit(self, done: int, tokens: int = 0) -> None:
-        """The current call is over: ``done`` samples and ``tokens`` generated tokens are finished for good
-        (the truth from the results, whatever the engine reported on the way)."""
+        """``done`` samples and ``tokens`` generated tokens are finished for good (the truth from the results,
+        whatever the engine reported on the way): after an engine call, or during a streaming one, whose
+        reported counts include them."""
         now = time.monotonic()
         # a sampler that reports nothing on the way (transformers): the whole call counts as generation
         self.busy += now - (self.call_started if self.call_started is not None else self._mark)
-        self.call_started = None
+        self.call_started = now if self._in_call else None
         self._mark = now
         self.base_done += done
         self.base_tokens += tokens
-        self.call_done = self.call_tokens = 0
+        self._call_committed = (self._call_committed[0] + done, self._call_committed[1] + tokens)
         self._refresh()
 
 

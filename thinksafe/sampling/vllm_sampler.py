@@ -1,15 +1,17 @@
-"""The vLLM sampler: ``LLM.chat`` in a spawned process (see :mod:`thinksafe.sampling.engine`), optionally
+"""The vLLM sampler: vLLM's offline engine in a spawned process (see :mod:`thinksafe.sampling.engine`), optionally
 through a LoRA adapter served as a vLLM LoRA request (never merged)."""
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from thinksafe.errors import UserError
 from thinksafe.sampling.base import Completion, Message, SamplingConfig, request_seed
-from thinksafe.sampling.engine import EngineProcess, EngineSettings, progress_bar
+from thinksafe.sampling.engine import EngineProcess, EngineSettings, report_requests
 
 #: LoRA ranks vLLM accepts for ``max_lora_rank``.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -39,37 +41,79 @@ def vllm_lora_blocker(config: dict[str, Any]) -> str | None:
     return None
 
 
-def _chat(
+def _stream_chat(
     llm, conversations, params: dict[str, Any], seeds: list[int], chat_template_kwargs, lora: tuple | None
-) -> list[list[tuple]]:
-    """Runs in the engine process. Each of the ``n`` samples is its own request with its own seed: with one
-    request of ``n`` and a fixed seed, vLLM may draw the same sample ``n`` times. ``lora`` is
-    ``(name, id, path)`` of the adapter every request goes through, or None."""
+) -> Iterator[tuple[int, list[tuple]]]:
+    """Runs in the engine process: yields ``(conversation index, its n (text, finish_reason, tokens))`` as soon as
+    all ``n`` samples of a conversation are finished, in the order they finish.
+
+    vLLM's scheduler is kept fed: conversations are queued (``LLM.enqueue_chat``, rendered as ``LLM.chat``
+    renders them) a window at a time so that twice ``max_num_seqs`` requests are always waiting or running, and
+    the engine is stepped here (the loop ``LLM.generate`` runs, which returns only when every request is done).
+    So one slow trace never holds back the next conversations, and the caller saves finished work as it comes.
+    Each of the ``n`` samples is its own request with its own seed: with one request of ``n`` and a fixed seed,
+    vLLM may draw the same sample ``n`` times. ``lora`` is ``(name, id, path)`` of the adapter every request goes
+    through, or None."""
     from vllm import SamplingParams
 
     n = params["n"]
-    requests, sps = [], []
-    for conv, base in zip(conversations, seeds):
-        for j in range(n):
-            requests.append(conv)
-            sps.append(
+    lora_request = None
+    if lora is not None:
+        from vllm.lora.request import LoRARequest
+
+        lora_request = LoRARequest(*lora)
+    engine = llm.llm_engine
+    ahead = 2 * engine.vllm_config.scheduler_config.max_num_seqs
+    owner: dict[str, tuple[int, int]] = {}  # vLLM's request id -> (conversation, sample)
+    got: dict[int, list] = {}
+    total, done, tokens, fed = len(conversations) * n, 0, 0, 0
+    report_requests(0, total, 0)
+    last_report = time.monotonic()
+    while True:
+        while fed < len(conversations) and engine.get_num_unfinished_requests() < ahead:
+            batch = range(fed, min(len(conversations), fed + max(1, ahead // n)))
+            keys = [(i, j) for i in batch for j in range(n)]
+            sps = [
                 SamplingParams(
                     n=1,
                     temperature=params["temperature"],
                     top_p=params["top_p"],
                     top_k=params["top_k"] if params["top_k"] > 0 else -1,
                     max_tokens=params["max_tokens"],
-                    seed=request_seed(base, j),
+                    seed=request_seed(seeds[i], j),
                 )
+                for i, j in keys
+            ]
+            ids = llm.enqueue_chat(
+                [conversations[i] for i, _ in keys],
+                sps,
+                use_tqdm=False,
+                lora_request=lora_request,
+                chat_template_kwargs=chat_template_kwargs or None,
             )
-    extra: dict[str, Any] = {}
-    if lora is not None:
-        from vllm.lora.request import LoRARequest
-
-        extra["lora_request"] = LoRARequest(*lora)
-    outs = llm.chat(requests, sps, use_tqdm=progress_bar, chat_template_kwargs=chat_template_kwargs or None, **extra)
-    flat = [(o.outputs[0].text, o.outputs[0].finish_reason, len(o.outputs[0].token_ids)) for o in outs]
-    return [flat[i * n : (i + 1) * n] for i in range(len(conversations))]
+            # enqueue_chat answers with vLLM's internal ids ("<id>-<random>"); outputs carry the <id> part
+            owner.update((rid.split("-", 1)[0], key) for rid, key in zip(ids, keys))
+            fed = batch.stop
+        if not engine.has_unfinished_requests():
+            break
+        finished = []
+        for out in engine.step():
+            if not out.finished:
+                continue
+            i, j = owner.pop(out.request_id)
+            c = out.outputs[0]
+            got.setdefault(i, [None] * n)[j] = (c.text, c.finish_reason, len(c.token_ids))
+            done += 1
+            tokens += len(c.token_ids)
+            if all(x is not None for x in got[i]):
+                finished.append(i)
+        if finished:
+            now = time.monotonic()
+            if done == total or now - last_report >= 0.2:  # before the items: the parent counts them as reported
+                report_requests(done, total, tokens)
+                last_report = now
+            for i in finished:
+                yield i, got.pop(i)
 
 
 class VLLMSampler:
@@ -168,15 +212,36 @@ class VLLMSampler:
         chat_template_kwargs: dict[str, Any] | None = None,
         seeds: list[int] | None = None,
     ) -> list[list[Completion]]:
+        out: list[list[Completion]] = [[] for _ in conversations]
+        for i, completions in self.stream(model, conversations, params, chat_template_kwargs, seeds):
+            out[i] = completions
+        return out
+
+    def stream(
+        self,
+        model: str,
+        conversations: list[list[Message]],
+        params: SamplingConfig,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        seeds: list[int] | None = None,
+    ) -> Iterator[tuple[int, list[Completion]]]:
+        """:meth:`generate` as it happens: ``(index, its params.n completions)`` for each conversation as soon as
+        all of its samples are finished, in the order they finish, while the engine goes on with the rest."""
         if not conversations:
-            return []
+            return
         if seeds is None:
             seeds = [params.seed + i for i in range(len(conversations))]
         lora = (f"adapter-{self._lora_id}", self._lora_id, self.adapter) if self.adapter else None
-        raw = self._engine.run(
-            self.engine_kwargs(model), _chat, conversations, params.as_dict(), list(seeds), chat_template_kwargs, lora
-        )
-        return [[Completion(t, r, k) for t, r, k in per_prompt] for per_prompt in raw]
+        for i, per_prompt in self._engine.stream(
+            self.engine_kwargs(model),
+            _stream_chat,
+            conversations,
+            params.as_dict(),
+            list(seeds),
+            chat_template_kwargs,
+            lora,
+        ):
+            yield i, [Completion(t, r, k) for t, r, k in per_prompt]
 
     def close(self) -> None:
         self._engine.close()
