@@ -108,3 +108,56 @@ def test_score_ends_by_saying_what_it_wrote(benchmark_dir, tmp_path, capsys):
     assert rc == 0, err
     assert f"wrote {tmp_path / 'out' / 'scores.jsonl'} and {tmp_path / 'out' / 'summary.json'}" in err
     assert "accuracy 1" in err
+
+
+def test_in_distribution_scoring_shows_rows_tokens_per_second_and_eta(tiny_qwen3):
+    """The scoring before training (and after it) on a console that is a file: one line naming rows scored,
+    tokens/s and the time left."""
+    from rich.console import Console
+
+    from thinksafe.metrics.in_distribution import response_nll
+    from thinksafe.model.loading import load_causal_lm, load_tokenizer
+    from thinksafe.rows import ChatEncoder, TextRow
+    from thinksafe.sampling.formats import resolve_format
+
+    tokenizer = load_tokenizer(str(tiny_qwen3))
+    fmt, kwargs = resolve_format(str(tiny_qwen3), "plain", tokenizer, None)
+    rows, _ = ChatEncoder(tokenizer, fmt, 128, chat_template_kwargs=kwargs).encode_rows(
+        [TextRow(prompt=f"Add {i} and {i}.", response=f"It is {2 * i}.", label="vanilla_benign") for i in range(5)]
+    )
+    buf = io.StringIO()
+    score = response_nll(
+        load_causal_lm(str(tiny_qwen3)), rows, tokenizer.pad_token_id, batch_size=2, console=Console(file=buf, width=80)
+    )
+    assert score.overall is not None
+    line = buf.getvalue()
+    assert "in-distribution NLL: 5/5 rows, " in line and " tok/s, " in line and "ETA 0:00:00" in line, line
+    quiet = io.StringIO()
+    response_nll(
+        load_causal_lm(str(tiny_qwen3)), rows, tokenizer.pad_token_id, progress=None, console=Console(file=quiet)
+    )
+    assert quiet.getvalue() == ""
+
+
+def test_export_names_each_step_the_layers_merged_and_what_it_wrote(tiny_qwen3, tmp_path, capsys):
+    import torch
+
+    from thinksafe.cli import main
+    from thinksafe.model.adapters import LoRA
+    from thinksafe.model.loading import load_causal_lm, load_tokenizer
+
+    model = LoRA(r=4, alpha=8, target_modules=["q_proj", "v_proj"]).apply(load_causal_lm(str(tiny_qwen3)))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    model.save_pretrained(tmp_path / "adapter")
+    load_tokenizer(str(tiny_qwen3)).save_pretrained(tmp_path / "adapter")
+    layers = 2 * model.config.num_hidden_layers  # q_proj and v_proj of each decoder layer
+
+    assert main(["export", str(tmp_path / "adapter"), str(tmp_path / "merged")]) in (0, None)
+    err = capsys.readouterr().err
+    assert f"export: loaded {tiny_qwen3} + {tmp_path / 'adapter'} in " in err, err
+    assert f"export: merged {layers}/{layers} LoRA layers in " in err, err
+    tensors = len(load_causal_lm(str(tmp_path / "merged")).state_dict())
+    assert f"export: wrote {tensors} tensors (" in err and f"MiB) to {tmp_path / 'merged'} in " in err, err

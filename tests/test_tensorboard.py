@@ -1,10 +1,12 @@
 """TensorBoard a user would want to open, read back with tensorboard's EventAccumulator after a real
 `thinksafe fit` of the debug recipe (transformers sampler, so no vLLM engine): the resolved recipe as hparams,
-a real hp_metric, learning rate, grad norm, the data stage's statistics; and the adapter's card from the fit."""
+a real hp_metric, learning rate, grad norm, throughput, the data stage's statistics and figure, the before/after
+evaluation as scalars and a figure; and the adapter's card from the fit."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -34,10 +36,27 @@ def test_fit_logs_recipe_hparams_grad_norm_lr_and_data_stats(tiny_qwen3, tmp_pat
             "--data.in_distribution_rows=0",
             f"--trainer.default_root_dir={tmp_path / 'runs'}",
             "--trainer.max_steps=3",
+            # eval before and after into the same run: two items per set, a few greedy tokens
+            "--trainer.callbacks+="
+            + json.dumps(
+                {
+                    "class_path": "thinksafe.testbed.BeforeAfterEval",
+                    "init_args": {
+                        "harmful": "strongreject",
+                        "benign": "xstest",
+                        "benchmark_dir": str(ROOT / "data" / "benchmarks"),
+                        "limit": 2,
+                        "sampling": {"n": 1, "temperature": 0.0, "max_tokens": 8},
+                    },
+                }
+            ),
         ]
     )
     err = capsys.readouterr().err
     assert rc == 0, err
+    # the in-distribution scoring before and after training shows its progress (rows, tokens/s, ETA)
+    assert re.search(r"in-distribution NLL \(initial model\): (\d+)/\1 rows, [\d,]+ tok/s", err), err
+    assert re.search(r"in-distribution NLL \(trained model\): (\d+)/\1 rows, .* ETA 0:00:00", err), err
     version = tmp_path / "runs" / "lightning_logs" / "version_0"
     assert f"fit: wrote the adapter to {version / 'adapter'}" in err
     assert f"tensorboard --logdir {tmp_path / 'runs' / 'lightning_logs'}" in err
@@ -48,6 +67,11 @@ def test_fit_logs_recipe_hparams_grad_norm_lr_and_data_stats(tiny_qwen3, tmp_pat
     assert {"train/grad_norm", "train/loss", "hp_metric"} <= scalars
     assert any(t.startswith("lr-") for t in scalars)  # LearningRateMonitor
     assert all(e.value > 0 for e in acc.Scalars("train/grad_norm"))
+    # Lightning's ThroughputMonitor from the recipe (window 2): real tokens counted, rates once the window is full
+    assert {"train/samples", "train/lengths", "train/device/items_per_sec", "train/device/samples_per_sec"} <= scalars
+    assert 0 < acc.Scalars("train/samples")[-1].value <= 3 * 2  # 3 steps of at most 2 rows (debug batch_size)
+    assert 0 < acc.Scalars("train/lengths")[-1].value < 3 * 2 * 512  # unpadded tokens, under max_length each
+    assert all(e.value > 0 for e in acc.Scalars("train/device/items_per_sec"))
     stats = json.loads((tmp_path / "selfgen" / "stats.json").read_text())
     for label, d in stats["per_label"].items():
         assert acc.Scalars(f"data/acceptance_rate/{label}")[0].value == pytest.approx(d["acceptance_rate"])
@@ -66,6 +90,26 @@ def test_fit_logs_recipe_hparams_grad_norm_lr_and_data_stats(tiny_qwen3, tmp_pat
     assert "trainer.max_steps" in hparams and "data.sampler.class_path" in hparams
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert [m.name.tag for m in experiment.metric_infos] == ["hp_metric"]
+
+    # the data stage and the before/after evaluation as figures (Images tab) and eval results as scalars, all in
+    # the training run's directory: before at step 0, after at the last step
+    images = set(acc.Tags()["images"])
+    assert {"data/figure", "before_after/figure"} <= images
+    figure = acc.Images("before_after/figure")[-1]
+    assert figure.step == 3 and figure.width == 720 and figure.encoded_image_string[:4] == b"\x89PNG"
+    assert acc.Images("data/figure")[0].height == 3 * 260  # rates by label, reject reasons, lengths
+    report = json.loads((version / "before_after.json").read_text())
+    for metric in ("harmful_compliance_rate", "over_refusal_rate", "in_distribution_nll"):
+        events = acc.Scalars(f"before_after/{metric}")
+        assert [(e.step, e.value) for e in events] == [
+            (0, pytest.approx(report[metric]["before"])),
+            (3, pytest.approx(report[metric]["after"])),
+        ]
+    results = json.loads((version / "eval" / "after" / "results.json").read_text())
+    harmful = [e.value for e in acc.Scalars("eval/strongreject/harmful_rate")]
+    assert len(harmful) == 2 and harmful[1] == pytest.approx(results["strongreject"]["harmful_rate"])
+    assert [e.value for e in acc.Scalars("eval/xstest/n")] == [2, 2]
+    assert "before_after/table/text_summary" in acc.Tags()["tensors"]
 
     card = (version / "adapter" / "README.md").read_text()
     assert "| label | samples | kept | acceptance |" in card and "train/loss_epoch" in card

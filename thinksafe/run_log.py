@@ -4,10 +4,10 @@ stage's statistics, and a real ``hp_metric``.
 :class:`RecipeLogger` is LightningCLI's ``SaveConfigCallback`` (it still writes ``config.yaml`` beside the
 logs) that also logs the whole resolved recipe, flattened (``model.adapter.init_args.r``,
 ``data.sampling.temperature``, ``data.guard.class_path`` …), to the HParams tab, and the data stage's
-acceptance by label and reject reasons as ``data/…`` scalars, a ``data/stats`` text table and a histogram of the
-kept responses' lengths. Lightning's TensorBoardLogger writes ``hp_metric = -1`` beside any hparams unless told
-otherwise; here the HParams session declares ``hp_metric`` and its value is the last epoch's training loss,
-logged when training ends (none when it never ends).
+acceptance by label and reject reasons as ``data/…`` scalars, a ``data/stats`` text table, a histogram of the
+kept responses' lengths and a ``data/figure`` image of all three. Lightning's TensorBoardLogger writes
+``hp_metric = -1`` beside any hparams unless told otherwise; here the HParams session declares ``hp_metric``
+and its value is the last epoch's training loss, logged when training ends (none when it never ends).
 """
 
 from __future__ import annotations
@@ -111,6 +111,7 @@ def log_data_stats(logger, stats: dict[str, Any], output_dir: Path) -> None:
     experiment = logger.experiment
     experiment.add_text("data/stats", text, global_step=0)
     samples = output_dir / "samples.jsonl"
+    lengths = []
     if samples.is_file():
         import numpy as np
 
@@ -121,6 +122,10 @@ def log_data_stats(logger, stats: dict[str, Any], output_dir: Path) -> None:
         ]
         if lengths:
             experiment.add_histogram("data/kept_response_tokens", np.asarray(lengths), global_step=0)
+    from thinksafe.metrics.figures import data_stage_figure
+
+    # the Images tab: rates by label, reject reasons and the kept lengths in one picture
+    experiment.add_image("data/figure", data_stage_figure(stats, lengths), global_step=0, dataformats="HWC")
 
 
 class RecipeLogger(SaveConfigCallback):

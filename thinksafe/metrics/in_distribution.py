@@ -108,21 +108,41 @@ class InDistributionScore:
 
 
 def response_nll(
-    model: torch.nn.Module, rows: Sequence[EncodedRow], pad_id: int, batch_size: int = 4, chunk_size: int = 1024
+    model: torch.nn.Module,
+    rows: Sequence[EncodedRow],
+    pad_id: int,
+    batch_size: int = 4,
+    chunk_size: int = 1024,
+    progress: str | None = "in-distribution NLL",
+    console=None,
 ) -> InDistributionScore:
     """Mean NLL of the supervised tokens of encoded rows under ``model``, per (source, label).
 
     Rows are what :class:`~thinksafe.rows.ChatEncoder` produces and the trainer trains on (a row without a
     ``source`` counts as ``"training set"``). The model is run in eval mode without gradients and put back in its
     mode after. Rows are batched in length order (less padding); the result does not depend on ``batch_size``.
+    ``progress`` labels the console's progress (rows scored, tokens/s, ETA; None: silent), on ``console``
+    (stderr by default).
     """
+    from contextlib import nullcontext
+
+    from thinksafe.sampling.progress import GenerationProgress
+
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     sums: dict[tuple[str, str], list[float]] = {}  # (source, label) -> [nll sum, tokens, rows]
     order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids))
+    # the same display as generation (rows, tokens/s, ETA); tokens are those the forward passes read
+    if progress and rows:
+        from rich.console import Console
+
+        # soft wrap: a log file keeps each progress line whole
+        shown = GenerationProgress(progress, total=len(rows), console=console or Console(stderr=True, soft_wrap=True))
+    else:
+        shown = nullcontext()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), shown:
             for start in range(0, len(order), batch_size):
                 chunk = [rows[i] for i in order[start : start + batch_size]]
                 batch = collate(chunk, pad_id)
@@ -142,6 +162,8 @@ def response_nll(
                     acc[1] += n
                     acc[2] += 1
                     offset += n
+                if progress and rows:
+                    shown.commit(len(chunk), tokens=int(batch["attention_mask"].sum()))
     finally:
         model.train(was_training)
     groups = [GroupNLL(src, lab, int(r), int(t), s / t) for (src, lab), (s, t, r) in sorted(sums.items()) if t]
@@ -232,25 +254,45 @@ class InDistributionLogger(Callback):
         datamodule = trainer.datamodule
         self.rows = subsample(datamodule.training_rows(), self.limit)
         self._pad_id = datamodule.encoder().pad_id
-        self.score = score_model(pl_module, self.rows, self._pad_id, self.batch_size, initial=True)
+        self.score = score_model(
+            pl_module,
+            self.rows,
+            self._pad_id,
+            self.batch_size,
+            initial=True,
+            progress="in-distribution NLL (initial model)" if trainer.is_global_zero else None,
+        )
         if trainer.is_global_zero:
             report(self.score, trainer, step=0)
 
     def rescore(self, pl_module: LightningModule) -> InDistributionScore:
         """The score of the rows scored when fit started, under ``pl_module``'s model as it is now."""
-        return score_model(pl_module, self.rows, self._pad_id, self.batch_size)
+        zero = pl_module._trainer is None or pl_module.trainer.is_global_zero
+        return score_model(
+            pl_module,
+            self.rows,
+            self._pad_id,
+            self.batch_size,
+            progress="in-distribution NLL (trained model)" if zero else None,
+        )
 
 
 def score_model(
-    pl_module: LightningModule, rows: Sequence[EncodedRow], pad_id: int, batch_size: int = 4, initial: bool = False
+    pl_module: LightningModule,
+    rows: Sequence[EncodedRow],
+    pad_id: int,
+    batch_size: int = 4,
+    initial: bool = False,
+    progress: str | None = "in-distribution NLL",
 ) -> InDistributionScore:
-    """The score of encoded rows under ``pl_module.model``; ``initial``: with PEFT adapters switched off."""
+    """The score of encoded rows under ``pl_module.model``; ``initial``: with PEFT adapters switched off;
+    ``progress``: the console's label (None: silent)."""
     from contextlib import nullcontext
 
     model = pl_module.model
     context = model.disable_adapter() if initial and hasattr(model, "disable_adapter") else nullcontext()
     with context:
-        score = response_nll(model, rows, pad_id, batch_size)
+        score = response_nll(model, rows, pad_id, batch_size, progress=progress)
     score.model = str(pl_module.hparams.get("name_or_path", "")) if hasattr(pl_module, "hparams") else ""
     return score
 

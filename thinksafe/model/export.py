@@ -60,10 +60,15 @@ def export_merged(
         if Path(base).exists():
             _check_output(output_dir, Path(base), "the base model's directory", overwrite)
         source = base
-        model = PeftModel.from_pretrained(load_causal_lm(base, dtype="float32"), adapter_dir).merge_and_unload()
+        with _Stage(f"loading {base} + {adapter_dir}") as stage:
+            model = PeftModel.from_pretrained(load_causal_lm(base, dtype="float32"), adapter_dir)
+            stage.done_line = f"loaded {base} + {adapter_dir}"
+        model = _merge(model)
     elif (adapter_dir / "config.json").is_file():
         source = str(adapter_dir)
-        model = load_causal_lm(source, dtype="float32")
+        with _Stage(f"loading {source}") as stage:
+            model = load_causal_lm(source, dtype="float32")
+            stage.done_line = f"loaded {source}"
     else:
         raise UserError(
             f"{adapter_dir}: neither adapter_config.json (LoRA) nor config.json (full fine-tuning) found; give the "
@@ -73,10 +78,88 @@ def export_merged(
     tokenizer = load_tokenizer(str(adapter_dir) if has_tokenizer else base)
     model = model.to(_declared_dtype(source) if dtype == "auto" else resolve_dtype(dtype))
     replace = overwrite or output_dir.is_dir()  # past _check_output: an existing directory is empty or may go
-    with atomic_directory(output_dir, replace=replace) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    tensors = model.state_dict()
+    size = sum(v.numel() * v.element_size() for v in tensors.values())
+    with _Stage(f"writing {len(tensors)} tensors ({size / 2**20:,.1f} MiB) to {output_dir}") as stage:
+        with atomic_directory(output_dir, replace=replace) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        stage.done_line = f"wrote {len(tensors)} tensors ({size / 2**20:,.1f} MiB) to {output_dir}"
     return output_dir
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+class _Stage:
+    """One step of the export on the console: a live spinner with the elapsed time on a terminal, and one line
+    ``export: <what> in N s`` when it ends (what a log file keeps). The steps that call into a library at once
+    (loading, writing) have no finer progress to show; the merge counts its layers (:func:`_merge`)."""
+
+    def __init__(self, what: str, total: int | None = None, unit: str = ""):
+        self.what, self.total, self.unit = what, total, unit
+        self.done_line = what
+        self.console = _console()
+
+    def __enter__(self) -> _Stage:
+        import time
+
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        columns = [SpinnerColumn(), TextColumn("export: {task.description}")]
+        if self.total is not None:
+            columns += [
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn(self.unit),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+            ]
+        self._progress = Progress(
+            *columns, TimeElapsedColumn(), console=self.console, transient=True, disable=not self.console.is_terminal
+        )
+        self._progress.__enter__()
+        self._task = self._progress.add_task(self.what, total=self.total)
+        self._started = time.monotonic()
+        return self
+
+    def advance(self) -> None:
+        self._progress.advance(self._task)
+
+    def __exit__(self, exc_type, *exc) -> None:
+        import time
+
+        self._progress.__exit__(exc_type, *exc)
+        if exc_type is None:
+            self.console.print(
+                f"export: {self.done_line} in {time.monotonic() - self._started:.1f} s", highlight=False, soft_wrap=True
+            )
+
+
+def _merge(peft_model):
+    """``merge_and_unload`` layer by layer, so the console counts the LoRA layers merged (PEFT's own bar is a
+    tqdm line apart from ours): each tuner layer merges its adapter into its base weight, then ``unload`` puts
+    the base layers back in place."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in peft_model.modules() if isinstance(m, BaseTunerLayer)]
+    with _Stage("merging LoRA layers", total=len(layers), unit="layers") as stage:
+        for layer in layers:
+            layer.merge()
+            stage.advance()
+        stage.done_line = f"merged {len(layers)}/{len(layers)} LoRA layers"
+    return peft_model.unload()
 
 
 def _check_output(output_dir: Path, protected: Path, what: str, overwrite: bool) -> None:

@@ -12,7 +12,9 @@
 * ``on_fit_end`` (the trained weights are saved by then): the trained model (``<log_dir>/adapter``, served
   by vLLM as a LoRA adapter) is evaluated into ``<log_dir>/eval/after``; the before/after table is printed
   and written to ``before_after.json`` in ``output_dir`` and in the run's log dir, and the values go to
-  TensorBoard as ``before_after/<metric>`` at step 0 (before) and at the last step (after).
+  the training run's TensorBoard directory as ``before_after/<metric>`` and every numeric result of every set as
+  ``eval/<benchmark>/<metric>``, at step 0 (before) and at the last step (after), with a ``before_after/figure``
+  image (bars before and after) and a ``before_after/table`` text.
 
 ``before_after.json`` holds ``{metric: {"before": x, "after": y}}`` for ``harmful_compliance_rate``
 (``harmful_rate`` of the ``harmful`` set), ``over_refusal_rate`` (of the ``benign`` set),
@@ -222,6 +224,12 @@ class BeforeAfterEval(Callback):
         )
         self._seconds[when] = round(time.time() - started, 1)
         values: dict[str, Any] = {"eval_dir": str(out), "n": {}}
+        # every numeric result of every set, for TensorBoard (eval/<benchmark>/<metric>)
+        values["results"] = {
+            name: {k: float(v) for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            for name, res in results.items()
+            if isinstance(res, dict)
+        }
         for name, (role, metric) in METRICS.items():
             if role in self.sets:
                 values[name] = results[self.names[role]].get(metric)
@@ -258,11 +266,27 @@ class BeforeAfterEval(Callback):
             directory.mkdir(parents=True, exist_ok=True)
             write_text_atomic(directory / "before_after.json", text)
 
+        from thinksafe.metrics.figures import before_after_figure
+
+        # into the training run's own TensorBoard directory, beside its losses: before at step 0, after at the last
         with SummaryWriter(str(log_dir)) as writer:
+            last = trainer.global_step
             for m in names:
-                for step, value in ((0, report[m]["before"]), (trainer.global_step, report[m]["after"])):
+                for step, value in ((0, report[m]["before"]), (last, report[m]["after"])):
                     if value is not None:
                         writer.add_scalar(f"before_after/{m}", value, step)
+            for step, values in ((0, self.before), (last, self.after)):
+                for benchmark, metrics in values.get("results", {}).items():
+                    for metric, value in metrics.items():
+                        writer.add_scalar(f"eval/{benchmark}/{metric}", value, step)
+            writer.add_image("before_after/figure", before_after_figure(report, names), last, dataformats="HWC")
+            rows = "\n".join(f"| {m} | {_fmt(report[m]['before'])} | {_fmt(report[m]['after'])} |" for m in names)
+            writer.add_text(
+                "before_after/table",
+                f"| metric | before | after |\n|---|---|---|\n{rows}\n\nafter {last} steps; "
+                f"evaluations in `{self.before.get('eval_dir')}` and `{self.after.get('eval_dir')}`",
+                last,
+            )
 
         table = Table(title=f"before / after fit ({report['details']['training_set']})")
         for col in ("metric", "before", "after", "change"):
