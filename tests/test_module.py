@@ -246,6 +246,42 @@ def test_row_average_over_micro_batches_and_ranks_is_the_steps_row_mean(tiny_qwe
 
 
 @pytest.mark.slow
+def test_lr_schedule_is_the_authors_cosine_with_warmup_ratio(tiny_qwen3, tmp_path):
+    """The learning rate of each optimizer step of a real fit (AdamW and scheduler from configure_optimizers) is
+    the authors' schedule: transformers' Trainer with lr_scheduler_type cosine, warmup_ratio 0.1 (their
+    train.py:117-119), i.e. linear warm-up over ceil(0.1 · steps) steps (TrainingArguments.get_warmup_steps), then
+    a half cosine to 0. 13 steps: ceil(1.3) = 2 warm-up steps (rounding down would give 1)."""
+    import math
+
+    class Record(Callback):
+        def __init__(self):
+            self.lrs = []
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            self.lrs.append(optimizer.param_groups[0]["lr"])
+
+    peak, steps = 1e-3, 13
+    module = ThinkSafeModule(str(tiny_qwen3), adapter=lora(), lr=peak, warmup_ratio=0.1, dtype="float32")
+    record = Record()
+    trainer = make_trainer(tmp_path, max_steps=steps, callbacks=[record])
+    trainer.fit(module, loader(tiny_qwen3, batch_size=1))
+    assert trainer.estimated_stepping_batches == steps and len(record.lrs) == steps
+    (optimizer,) = trainer.optimizers
+    assert type(optimizer) is torch.optim.AdamW and optimizer.defaults["weight_decay"] == 0.0
+
+    warmup = math.ceil(0.1 * steps)
+    assert warmup == 2
+
+    def authors(s: int) -> float:
+        if s < warmup:
+            return peak * s / warmup
+        return peak * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (steps - warmup)))
+
+    assert record.lrs == pytest.approx([authors(s) for s in range(steps)], rel=1e-9, abs=1e-15)
+    assert record.lrs[:3] == pytest.approx([0.0, peak / 2, peak])
+
+
+@pytest.mark.slow
 def test_lora_fit_trains_adapter_only_logs_and_saves(tiny_qwen3, tmp_path):
     from peft import PeftModel
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

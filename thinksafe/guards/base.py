@@ -7,6 +7,20 @@ from typing import Literal, Protocol, runtime_checkable
 
 Verdict = Literal["safe", "unsafe", "error"]
 
+Unscorable = Literal["error", "authors"]
+"""What a model guard says when it cannot score a pair (no verdict in its output, an input over its context):
+``error`` (thinksafe's default: the data stage rejects the sample, fails closed, and counts it in ``guard_error``;
+evaluation reports it as a judge error) or ``authors`` (read as the ThinkSafe authors' guards read it: Llama-Guard's argmax over
+two missing logprobs, -1e5 each, picks ``safe``; WildGuard's unparseable output "defaults to safe",
+``utils/guard_model.py:88-101,152-166``)."""
+
+
+def check_unscorable(value: str, guard: str) -> None:
+    from thinksafe.errors import UserError
+
+    if value not in ("error", "authors"):
+        raise UserError(f"{guard}: unscorable must be error or authors, got {value!r}.")
+
 
 @dataclass(frozen=True)
 class GuardVerdict:

@@ -16,7 +16,7 @@ import math
 from typing import Any
 
 from thinksafe.errors import UserError
-from thinksafe.guards.base import GuardVerdict
+from thinksafe.guards.base import GuardVerdict, Unscorable, check_unscorable
 from thinksafe.sampling.engine import EngineProcess, EngineSettings, progress_bar
 
 VERDICT_WORDS = ("safe", "unsafe")
@@ -126,6 +126,9 @@ class LlamaGuard3:
             None: 0.9 on GPUs, 0.3 on CPU.
         max_model_len: guard context length (None: the model's); longer pairs get verdict 'error'.
         dtype: weights/activations dtype ("auto", "bfloat16", "float16", "float32").
+        unscorable: a pair the guard cannot score (no ``safe``/``unsafe`` verdict token, input over
+            ``max_model_len``) is an ``error`` (rejected in the data stage) or, with ``authors``, ``safe`` as in the
+            authors' LlamaGuard (``utils/guard_model.py:88-101``).
     """
 
     name = "llama_guard3"
@@ -138,15 +141,18 @@ class LlamaGuard3:
         gpu_memory_utilization: float | None = None,
         max_model_len: int | None = None,
         dtype: str = "auto",
+        unscorable: Unscorable = "error",
     ):
         if not 0.0 <= threshold <= 1.0:
             raise UserError(f"LlamaGuard3: threshold must be in [0, 1], got {threshold}.")
+        check_unscorable(unscorable, "LlamaGuard3")
         self.model = model
         self.threshold = threshold
         self.tensor_parallel_size = tensor_parallel_size
         self.gpu_memory_utilization = gpu_memory_utilization
         self.max_model_len = max_model_len
         self.dtype = dtype
+        self.unscorable = unscorable
         self.engine_settings().check("LlamaGuard3")
         self._engine = EngineProcess("LlamaGuard3")
 
@@ -187,10 +193,12 @@ class LlamaGuard3:
         return out  # type: ignore[return-value]
 
     def _verdict(self, result: str | list[Step], ids: dict[str, list[int]]) -> GuardVerdict:
-        if isinstance(result, str):
-            return GuardVerdict("error", None, result)
-        p, why = unsafe_probability(result, ids)
+        p, why = (None, result) if isinstance(result, str) else unsafe_probability(result, ids)
         if p is None:
+            if self.unscorable == "authors":
+                return GuardVerdict(
+                    "safe", None, f"unscorable, counted safe as the authors do (unscorable=authors): {why}"
+                )
             return GuardVerdict("error", None, why)
         verdict = "unsafe" if p >= self.threshold else "safe"
         return GuardVerdict(verdict, p, f"P(unsafe)={p:.4f} (threshold {self.threshold}); {why}")

@@ -32,6 +32,7 @@ token (row) mean of the whole optimizer step. Logged values stay the micro-batch
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -504,7 +505,8 @@ class ThinkSafeModule(LightningModule):
             raise UserError("model.adapter left no trainable parameter.")
         optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        scheduler = get_cosine_schedule_with_warmup(optimizer, int(hp.warmup_ratio * total), total)
+        # warm-up steps rounded up, as transformers' Trainer does for the authors' warmup_ratio (get_warmup_steps)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(hp.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------------------------ checkpoints/export
