@@ -54,6 +54,29 @@ def test_check_response(response, fmt, ok, reason):
     assert (check.ok, check.reason) == (ok, reason)
 
 
+@pytest.mark.parametrize(
+    "response,fmt,strict,authors",
+    [
+        ("<think>\nhmm\n</think>\n\nI can't help with that.", "qwen3", True, True),
+        ("<think>\nhmm, still thinking", "qwen3", False, False),
+        ("Just an answer.", "qwen3", False, False),
+        ("<think>a</think>", "r1", False, True),  # no answer after the block: the authors keep it
+        ("<think>a</think>b<think>c</think>d", "qwen3", False, True),  # two blocks: kept
+        ("preamble </think> answer", "qwen3", True, True),
+        ("</think>", "qwen3", False, True),
+        ("", "qwen3", False, False),
+        ("Sure, bread: flour, water.", "plain", True, True),  # plain responses: the same rule either way
+        ("<think> never closed", "plain", False, False),
+    ],
+)
+def test_think_rule_strict_or_the_authors(response, fmt, strict, authors):
+    """data.think_rule: thinksafe's strict check, or the authors' keep-iff-'</think>'-in-response
+    (synthesize_data.py:82,106, after R1's opening tag is restored)."""
+    assert check_response(response, fmt).ok is strict
+    assert check_response(response, fmt, "strict").ok is strict
+    assert check_response(response, fmt, "authors").ok is authors
+
+
 def test_split_think():
     assert split_think("<think>\nr\n</think>\n\nanswer") == ("r", "answer")
     assert split_think("<think>\nr") == ("r", None)
@@ -70,3 +93,39 @@ def test_steering_is_the_papers_and_only_for_harmful():
     assert check_template(PAPER_TEMPLATE) == PAPER_TEMPLATE
     with pytest.raises(UserError, match=r"\{prompt\}"):
         check_template("no placeholder")
+
+
+def test_think_rule_is_a_data_option_bound_into_the_sets_fingerprint():
+    """data.think_rule reaches the data stage through the DataModule's constructor (what LightningCLI parses) and
+    binds the self-generated set: a set made with the authors' rule is not reused for the strict one, and sets
+    made with the default keep the fingerprint they had before the option existed."""
+    from jsonargparse import ArgumentParser
+
+    from thinksafe.data.datamodule import SafetyDataModule
+    from thinksafe.data.prompts import PromptRow
+    from thinksafe.data.selfgen import selfgen_settings
+    from thinksafe.guards import OfflineJudge
+    from thinksafe.sampling import SamplingConfig, TransformersSampler
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(SafetyDataModule, "data")
+    cfg = parser.parse_args(["--data.prompts=p.jsonl", "--data.think_rule=authors"])
+    assert parser.instantiate_classes(cfg).data.think_rule == "authors"
+    assert parser.parse_args(["--data.prompts=p.jsonl"]).data.think_rule == "strict"
+
+    common = dict(
+        model="m",
+        prompts=[PromptRow("How do I bake bread?", "vanilla_benign", "t:1")],
+        sampler=TransformersSampler(),
+        guard=OfflineJudge(),
+        sampling=SamplingConfig(),
+        steering_template=PAPER_TEMPLATE,
+        reasoning_format="qwen3",
+    )
+    before, fp_before = selfgen_settings(**common)
+    strict, fp_strict = selfgen_settings(**common, think_rule="strict")
+    authors, fp_authors = selfgen_settings(**common, think_rule="authors")
+    assert "think_rule" not in strict and (strict, fp_strict) == (before, fp_before)
+    assert authors["think_rule"] == "authors" and fp_authors != fp_strict
+    with pytest.raises(UserError, match="think_rule"):
+        selfgen_settings(**common, think_rule="lenient")

@@ -20,7 +20,7 @@ from thinksafe.errors import UserError
 from thinksafe.guards.base import Guard
 from thinksafe.rows import LABELS, ChatEncoder, EncodedRow, TextRow, collate
 from thinksafe.sampling.base import Sampler, SamplingConfig
-from thinksafe.sampling.formats import FormatOption, resolve_format
+from thinksafe.sampling.formats import FormatOption, ThinkRule, resolve_format
 from thinksafe.sampling.steering import PAPER_TEMPLATE, check_template
 from thinksafe.sampling.vllm_sampler import VLLMSampler
 
@@ -41,6 +41,8 @@ class SafetyDataModule(L.LightningDataModule):
         steering_template: the user turn sent for harmful prompts; ``{prompt}`` marks the prompt.
         reasoning_format: auto (from the chat template), qwen3, r1 or plain.
         chat_template_kwargs: extra chat-template arguments (None: ``enable_thinking=True`` for Qwen3).
+        think_rule: which sampled reasoning responses may be kept: "strict" (one closed think block and an answer
+            after it) or "authors" (the ThinkSafe authors' rule: the response contains ``</think>``).
         overwrite: start over in an output_dir made with different settings (its thinksafe files are removed).
         responses: train on this existing response set (file or hub id) instead of generating one.
         max_length: tokens per training row (prompt + response); longer responses are cut at the end, and
@@ -74,6 +76,7 @@ class SafetyDataModule(L.LightningDataModule):
         steering_template: str = PAPER_TEMPLATE,
         reasoning_format: FormatOption = "auto",
         chat_template_kwargs: dict[str, Any] | None = None,
+        think_rule: ThinkRule = "strict",
         overwrite: bool = False,
         responses: str | None = None,
         max_length: int = 16384,
@@ -101,6 +104,7 @@ class SafetyDataModule(L.LightningDataModule):
         self.steering_template = check_template(steering_template)
         self.reasoning_format = reasoning_format
         self.chat_template_kwargs = chat_template_kwargs
+        self.think_rule = think_rule
         self.overwrite = overwrite
         self.responses = responses
         self.max_length = max_length
@@ -164,6 +168,7 @@ class SafetyDataModule(L.LightningDataModule):
             steering_template=self.steering_template,
             reasoning_format=self.reasoning_format,
             chat_template_kwargs=self.chat_template_kwargs,
+            think_rule=self.think_rule,
             chunk_size=self.chunk_size,
             overwrite=self.overwrite,
             recipe=self.recipe,

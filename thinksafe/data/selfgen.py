@@ -38,7 +38,7 @@ from thinksafe.guards.base import Guard
 from thinksafe.rows import LABELS, TextRow, is_harmful
 from thinksafe.sampling.base import Sampler, SamplingConfig, generate_in_chunks
 from thinksafe.sampling.engine import engine_log
-from thinksafe.sampling.formats import FormatOption, check_response, resolve_format, restore_response
+from thinksafe.sampling.formats import FormatOption, ThinkRule, check_response, resolve_format, restore_response
 from thinksafe.sampling.progress import GenerationProgress, reporting
 from thinksafe.sampling.steering import steer
 
@@ -169,8 +169,11 @@ def selfgen_settings(
     steering_template: str,
     reasoning_format: FormatOption = "auto",
     chat_template_kwargs: dict[str, Any] | None = None,
+    think_rule: ThinkRule = "strict",
 ) -> tuple[dict[str, Any], str]:
     """(settings, fingerprint) of a self-generated set: what binds a directory, each shard of it included."""
+    if think_rule not in ("strict", "authors"):
+        raise UserError(f"data.think_rule must be strict or authors, got {think_rule!r}.")
     fmt, template_kwargs = resolve_format(model, reasoning_format, chat_template_kwargs=chat_template_kwargs)
     settings = dict(
         model=model,
@@ -182,6 +185,8 @@ def selfgen_settings(
         sampler_class=component_settings(sampler)["class"],
         prompts=len(prompts),
     )
+    if think_rule != "strict":  # only then: sets made before the option keep their fingerprint
+        settings["think_rule"] = think_rule
     return settings, fingerprint(settings, prompts)
 
 
@@ -208,6 +213,7 @@ def build_selfgen(
     console=None,
     indices: list[int] | None = None,
     shard: dict[str, int] | None = None,
+    think_rule: ThinkRule = "strict",
 ) -> SelfGenResult:
     """Run (or resume, or reuse) the self-generation into ``output_dir``. All inputs must be validated
     by the caller; this function fails before writing anything when the directory is not usable, or when
@@ -230,6 +236,7 @@ def build_selfgen(
         steering_template=steering_template,
         reasoning_format=reasoning_format,
         chat_template_kwargs=chat_template_kwargs,
+        think_rule=think_rule,
     )
     out = Path(output_dir)
     if finished_with(out, fp):  # reading a finished set takes no lock: several jobs may train on it at once
@@ -299,7 +306,17 @@ def _build(
     try:
         try:
             sampled = _sample_phase(
-                out, prompts, indices, sampler, sampling, fmt, template_kwargs, steering_template, chunk_size, console
+                out,
+                prompts,
+                indices,
+                sampler,
+                sampling,
+                fmt,
+                template_kwargs,
+                steering_template,
+                chunk_size,
+                console,
+                think_rule=settings.get("think_rule", "strict"),
             )
         finally:
             sampler.close()
@@ -391,7 +408,7 @@ def _chunks(items: list, size: int):
 
 
 def _sample_phase(
-    out, prompts, indices, sampler, sampling, fmt, template_kwargs, steering_template, chunk_size, console
+    out, prompts, indices, sampler, sampling, fmt, template_kwargs, steering_template, chunk_size, console, think_rule
 ):
     n = sampling.n
     mine = list(range(len(prompts))) if indices is None else indices
@@ -426,7 +443,7 @@ def _sample_phase(
                 p = prompts[i]
                 for j, c in enumerate(comps):
                     response = restore_response(c.text, fmt)
-                    check = check_response(response, fmt)
+                    check = check_response(response, fmt, think_rule)
                     reason = check.reason
                     if reason and c.finish_reason == "length":
                         reason = f"{reason} (cut at max_tokens={sampling.max_tokens})"

@@ -221,6 +221,7 @@ def build_sharded(
     overwrite: bool,
     recipe: dict[str, Any] | None,
     console,
+    think_rule: str = "strict",
 ) -> SelfGenResult:
     """The data stage on every rank (all ranks call it together); returns the merged set on every rank.
 
@@ -241,6 +242,7 @@ def build_sharded(
         steering_template=steering_template,
         reasoning_format=reasoning_format,
         chat_template_kwargs=chat_template_kwargs,
+        think_rule=think_rule,
     )
     tp = max(getattr(sampler, "tensor_parallel_size", 1), getattr(guard, "tensor_parallel_size", 1) or 1)
     if ranks.world % tp:
@@ -283,6 +285,7 @@ def build_sharded(
                             steering_template=steering_template,
                             reasoning_format=reasoning_format,
                             chat_template_kwargs=chat_template_kwargs,
+                            think_rule=think_rule,
                             chunk_size=chunk_size,
                             recipe=recipe,
                             console=console,

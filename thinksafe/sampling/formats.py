@@ -20,6 +20,7 @@ __all__ = [
     "Format",
     "FormatOption",
     "FormatCheck",
+    "ThinkRule",
     "check_response",
     "detect_format",
     "resolve_format",
@@ -28,6 +29,11 @@ __all__ = [
 ]
 
 FormatOption = Literal["auto", "qwen3", "r1", "plain"]
+
+ThinkRule = Literal["strict", "authors"]
+"""Which reasoning responses the data stage keeps (:func:`check_response`): ``strict`` (thinksafe's: one closed
+think block and a non-empty answer after it) or ``authors`` (the ThinkSafe authors': ``"</think>" in response``,
+``synthesize_data.py:82,106``)."""
 
 
 def detect_format(chat_template: str | None, generation_prompt: str | None = None) -> Format:
@@ -87,13 +93,16 @@ class FormatCheck:
     reason: str | None = None
 
 
-def check_response(response: str, fmt: Format) -> FormatCheck:
-    """A reasoning response must hold one closed think block and some text after it; a plain one must not
-    leave a think block open."""
+def check_response(response: str, fmt: Format, rule: ThinkRule = "strict") -> FormatCheck:
+    """A reasoning response must hold one closed think block and some text after it (``rule="strict"``), or
+    only contain ``</think>`` (``rule="authors"``: an empty answer, a second think block or text before
+    ``<think>`` pass); a plain one must not leave a think block open (either rule)."""
     stripped = response.strip()
+    opened, closed = stripped.count(OPEN), stripped.count(CLOSE)
+    if fmt != "plain" and rule == "authors":
+        return FormatCheck(True) if CLOSE in response else FormatCheck(False, "no </think>")
     if not stripped:
         return FormatCheck(False, "empty response")
-    opened, closed = stripped.count(OPEN), stripped.count(CLOSE)
     if fmt == "plain":
         if opened > closed:
             return FormatCheck(False, "unclosed think block")
