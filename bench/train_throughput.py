@@ -5,6 +5,7 @@
                                                                            # with --rows 160, start-up included)
     python bench/train_throughput.py --json results.json                   # also write the numbers as JSON
     python bench/train_throughput.py --head-loss --json head.json          # LM-head loss: logits vs chunked
+    python bench/train_throughput.py --master-weights --json mw.json       # float32 LoRA under bf16-true: the cost
 
 Setups, each one epoch over the same rows with the project's real training step
 (``ThinkSafeModule.training_step``, LoRA r=32 on q/v, then ``backward`` and AdamW every ``accumulate`` micro-batches,
@@ -32,6 +33,14 @@ and the head dominates as it does in the real model. Besides the process's peak,
 the peak above what the process held before the epoch (model, data, libraries), i.e. what the steps add; the
 JSON's top-level ``logits_memory_ratio`` is materialised ÷ chunked of that, without KL
 (``logits_memory_ratio_kl`` with it).
+
+``--master-weights`` times the thinksafe setup (token budget, no checkpointing) three ways on the same
+micro-batches: ``bf16-true`` as thinksafe trains (bfloat16 base, float32 LoRA weights, gradients and AdamW state,
+the forward under bf16 autocast), ``bf16-true, bf16 LoRA`` (the LoRA weights cast to bfloat16 as well: thinksafe
+before issue #10, which rounded most lr-1e-5 updates away) and ``32-true`` (everything float32). The JSON's
+``master_weight_cost`` is tokens/s of the bf16-LoRA variant ÷ that of thinksafe's (above 1: float32 master
+weights are slower by that factor), ``bf16_vs_32_true`` thinksafe's ÷ 32-true's. On a CPU bfloat16 matmuls are
+not what a GPU's are: the CPU ratios say nothing about CUDA.
 
 Attention runs on the sdpa kernel torch picks, as in training. ``--no-cudnn-sdpa`` keeps it off cuDNN's, which
 builds an execution plan for every new (rows, length) shape it sees (pytorch 2.11 on Hopper/Blackwell; a known
@@ -144,8 +153,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="compare materialised logits with the chunked LM-head loss (default shape qwen3-vocab)",
     )
+    p.add_argument(
+        "--master-weights",
+        action="store_true",
+        help="time bf16-true with float32 LoRA (thinksafe) against bf16 LoRA and 32-true",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
+    if args.head_loss and args.master_weights:
+        p.error("--head-loss and --master-weights are separate runs")
+    if args.master_weights:
+        args.dtype = "bfloat16"  # the base of the bf16-true variants (32-true loads its own float32 copy)
     if args.head_loss and args.shape is None:
         args.shape = "qwen3-vocab"
         for key, value in dict(rows=32, max_length=256, max_tokens_per_batch=1024).items():
@@ -423,6 +441,72 @@ def compare_head_loss(args, module, rows: list[dict], pad_id: int) -> dict:
     )
 
 
+def compare_master_weights(args, model_dir: Path, rows: list, pad_id: int) -> dict:
+    """Tokens/s of the thinksafe setup under bf16-true with float32 LoRA (thinksafe), with bf16 LoRA, and under
+    32-true; see the module docstring. Each variant is its own module built from the same weights and seed."""
+    import torch
+
+    from thinksafe.data.batching import token_budget_loader
+    from thinksafe.model.adapters import LoRA
+    from thinksafe.model.memory import set_gradient_checkpointing
+    from thinksafe.model.module import ThinkSafeModule, trainable_modules
+
+    def build(dtype: torch.dtype, lora_dtype: torch.dtype) -> ThinkSafeModule:
+        torch.manual_seed(args.seed)
+        module = ThinkSafeModule(
+            str(model_dir), adapter=LoRA(r=32, alpha=16, dropout=0.05), dtype=str(dtype).removeprefix("torch.")
+        )
+        module.configure_model()
+        module.to(device=args.device, dtype=dtype).train()  # as the precision plugin casts it
+        for m in trainable_modules(module.model):
+            m.to(lora_dtype)
+        set_gradient_checkpointing(module.model, False)
+        return module
+
+    variants = {
+        "bf16-true": build(torch.bfloat16, torch.float32),
+        "bf16-true, bf16 LoRA": build(torch.bfloat16, torch.bfloat16),
+        "32-true": build(torch.float32, torch.float32),
+    }
+    for name, module in variants.items():
+        lora = {p.dtype for p in module.model.parameters() if p.requires_grad}
+        print(f"  {name}: LoRA {sorted(map(str, lora))}, compute {module._compute_dtype or torch.float32}")
+    loader = token_budget_loader(rows, pad_id, args.max_tokens_per_batch, rows_per_step=args.accumulate, seed=args.seed)
+    batches, accumulate = list(loader), loader.sampler.micro_batches_per_step
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    for repeat in range(args.repeats):  # in turns, as the setups above
+        for name, module in variants.items():
+            with sdpa_backends(args.no_cudnn_sdpa):
+                r = train_epoch(module, batches, accumulate, args.device)
+            runs[name].append(r)
+            print(f"  {name} ({repeat + 1}/{args.repeats}): {r['tokens_per_s']:.0f} tokens/s", flush=True)
+    results = {}
+    for name, rs in runs.items():
+        ordered = sorted(rs, key=lambda r: r["tokens_per_s"])
+        results[name] = dict(ordered[len(ordered) // 2], tokens_per_s_runs=[r["tokens_per_s"] for r in rs])
+    speed = {name: r["tokens_per_s"] for name, r in results.items()}
+    return dict(
+        variants=results,
+        master_weight_cost=speed["bf16-true, bf16 LoRA"] / speed["bf16-true"],
+        bf16_vs_32_true=speed["bf16-true"] / speed["32-true"],
+    )
+
+
+def print_master_weights_table(report: dict) -> None:
+    print(
+        f"\n{report['device']}, {report['threads']} thread(s), {report['shape']}, {report['rows']} rows, budget "
+        f"{report['max_tokens_per_batch']} tokens, load {report['load_average']['before']} → "
+        f"{report['load_average']['after']}"
+    )
+    print(f"{'precision':<22} {'tokens/s':>10} {'process peak GiB':>17}")
+    for name, r in report["variants"].items():
+        print(f"{name:<22} {r['tokens_per_s']:>10.0f} {_gib(r['peak_bytes']):>17}")
+    print(
+        f"master_weight_cost (bf16 LoRA ÷ float32 LoRA tokens/s): {report['master_weight_cost']:.2f}×; "
+        f"bf16-true ÷ 32-true: {report['bf16_vs_32_true']:.2f}×"
+    )
+
+
 def _gib(x: float | None) -> str:
     return "?" if x is None else f"{x / 2**30:.2f}"
 
@@ -443,6 +527,26 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     load_before = uptime()
+    if args.master_weights:
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = write_model(Path(tmp), args.shape, "float32", args.device)
+            vocab = SHAPES[args.shape]["vocab_size"]
+            report = dict(
+                device=torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({os.cpu_count()} cores)",
+                threads=torch.get_num_threads(),
+                shape=args.shape,
+                rows=args.rows,
+                max_length=args.max_length,
+                max_tokens_per_batch=args.max_tokens_per_batch,
+                repeats=args.repeats,
+                **compare_master_weights(args, model_dir, trace_rows(args.rows, args.max_length, vocab, args.seed), 0),
+            )
+        report["load_average"] = dict(before=load_before, after=uptime())
+        print_master_weights_table(report)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+        return report
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = write_model(Path(tmp), args.shape, args.dtype, args.device)
         # kl_weight > 0 builds the KL reference; --head-loss switches it per variant, the setups train without

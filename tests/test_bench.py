@@ -109,3 +109,19 @@ def test_train_throughput_head_loss_compares_materialised_and_chunked_logits(tmp
     assert report["logits_memory_ratio"] == pytest.approx(
         variants["materialised"]["step_peak_bytes"] / variants["chunked"]["step_peak_bytes"]
     )
+
+
+@pytest.mark.slow
+def test_train_throughput_master_weights_times_three_precisions(tmp_path):
+    """--master-weights: bf16-true as thinksafe trains (float32 LoRA), with bf16 LoRA, and 32-true on the same
+    micro-batches; the JSON's ratios are of the measured tokens/s."""
+    bench = load("train_throughput")
+    out = tmp_path / "mw.json"
+    argv = ["--master-weights", "--rows", "6", "--max-length", "96", "--max-tokens-per-batch", "384"]
+    bench.main([*argv, "--threads", "1", "--repeats", "1", "--json", str(out)])
+    report = json.loads(out.read_text())
+    speed = {name: r["tokens_per_s"] for name, r in report["variants"].items()}
+    assert set(speed) == {"bf16-true", "bf16-true, bf16 LoRA", "32-true"} and all(v > 0 for v in speed.values())
+    assert report["master_weight_cost"] == pytest.approx(speed["bf16-true, bf16 LoRA"] / speed["bf16-true"])
+    assert report["bf16_vs_32_true"] == pytest.approx(speed["bf16-true"] / speed["32-true"])
+    assert len({r["tokens"] for r in report["variants"].values()}) == 1  # the same rows each way

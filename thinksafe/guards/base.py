@@ -12,7 +12,7 @@ Unscorable = Literal["error", "authors"]
 ``error`` (thinksafe's default: the data stage rejects the sample, fails closed, and counts it in ``guard_error``;
 evaluation reports it as a judge error) or ``authors`` (read as the ThinkSafe authors' guards read it: Llama-Guard's argmax over
 two missing logprobs, -1e5 each, picks ``safe``; WildGuard's unparseable output "defaults to safe",
-``utils/guard_model.py:88-101,152-166``)."""
+``utils/guard_model.py:88-101,165``)."""
 
 
 def check_unscorable(value: str, guard: str) -> None:
