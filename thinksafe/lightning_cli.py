@@ -95,6 +95,10 @@ class ThinkSafeCLI(LightningCLI):
         rows = self.datamodule.in_distribution_rows
         if rows != 0 and not any(isinstance(c, InDistributionLogger) for c in self.trainer.callbacks):
             self.trainer.callbacks.append(InDistributionLogger(limit=rows))
+        if getattr(self.datamodule, "rounds", 1) > 1:  # data.rounds: sample again after each round's training
+            from thinksafe.rounds import SelfGenRounds
+
+            SelfGenRounds.install(self.trainer)
         from thinksafe.cost import CostLog
 
         if not any(isinstance(c, CostLog) for c in self.trainer.callbacks):

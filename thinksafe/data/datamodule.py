@@ -9,6 +9,7 @@ With ``responses`` set, an existing response set (SafeChain, STAR-1, DirectRefus
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -63,6 +64,10 @@ class SafetyDataModule(L.LightningDataModule):
             is computed over at most this many rows per label (drawn with a fixed seed), reported by
             ``thinksafe generate`` and logged when ``fit`` starts. None: every row; 0: not computed.
         model_name_or_path: the model whose samples are collected (linked to ``model.name_or_path``).
+        rounds: self-generation rounds (:mod:`thinksafe.rounds`). 1: one set, in ``output_dir``. K > 1: fit
+            trains ``trainer.max_epochs / K`` epochs per round; round 1's set is ``output_dir/round_1/``, and after
+            each round the prompts are sampled again with the weights just trained (written to
+            ``output_dir/adapters/round_<k>/``), guarded, and written to ``output_dir/round_<k+1>/`` for the next.
     """
 
     def __init__(
@@ -89,8 +94,16 @@ class SafetyDataModule(L.LightningDataModule):
         seed: int = 0,
         in_distribution_rows: int | None = 256,
         model_name_or_path: str = "",
+        rounds: int = 1,
     ):
         super().__init__()
+        if rounds < 1:
+            raise UserError(f"data.rounds must be ≥ 1, got {rounds}.")
+        if rounds > 1 and responses is not None:
+            raise UserError(
+                "data.rounds samples the prompts again after each round; data.responses trains on a fixed set. "
+                "Remove one of them."
+            )
         if prompts is None and responses is None:
             raise UserError(
                 "data.prompts is not set: give a prompt file/hub id, or data.responses to train on an existing set."
@@ -135,6 +148,11 @@ class SafetyDataModule(L.LightningDataModule):
             )
         self.in_distribution_rows = in_distribution_rows
         self.model_name_or_path = model_name_or_path
+        self.rounds = rounds
+        self.round = 1  # the round being trained (checkpointed: see state_dict)
+        self.round_started: dict[int, int] = {}  # round -> the global step it started at (rounds after the first)
+        self._rows_round = 0
+        self.rounds_driver = None  # the thinksafe.rounds.SelfGenRounds callback, which registers itself here
         self.recipe: dict[str, Any] | None = None  # set by the CLI, recorded in the manifest
         self.selfgen: SelfGenResult | None = None
         self.train_rows: list[EncodedRow] = []
@@ -147,8 +165,21 @@ class SafetyDataModule(L.LightningDataModule):
             raise UserError("model.name_or_path is not set: name the model (hub id, local directory or .gguf file).")
         return self.model_name_or_path
 
-    def build_safety_set(self) -> SelfGenResult:
-        """The data stage: validate the prompts, then sample, check, guard and keep (or resume/reuse)."""
+    def round_dir(self, k: int | None = None) -> str:
+        """Where round ``k``'s set is (None: the round being trained): ``output_dir`` with one round, else
+        ``output_dir/round_<k>``."""
+        if self.rounds == 1:
+            return self.output_dir
+        return str(Path(self.output_dir) / f"round_{k or self.round}")
+
+    def adapter_dir(self, k: int) -> str:
+        """The weights at the end of round ``k``, which sample round ``k + 1``."""
+        return str(Path(self.output_dir) / "adapters" / f"round_{k}")
+
+    def build_safety_set(self, model: str | None = None) -> SelfGenResult:
+        """The data stage: validate the prompts, then sample, check, guard and keep (or resume/reuse), into
+        :meth:`round_dir`. ``model``: what the sampler samples (None: ``model_name_or_path``; a later round passes
+        what :func:`thinksafe.rounds.follow_training` returns)."""
         if self.guard is None:
             raise UserError(
                 "data.guard is not set: the data stage keeps only responses a guard finds safe, and thinksafe "
@@ -159,8 +190,8 @@ class SafetyDataModule(L.LightningDataModule):
             )
         prompts = load_prompts(self.prompts)  # validates every row before anything is written
         self.selfgen = build_selfgen(
-            output_dir=self.output_dir,
-            model=self._model(),
+            output_dir=self.round_dir(),
+            model=model or self._model(),
             prompts=prompts,
             sampler=self.sampler,
             guard=self.guard,
@@ -182,14 +213,14 @@ class SafetyDataModule(L.LightningDataModule):
     def dataset_name(self) -> str:
         """What the model trains on: ``data.responses``, or ``self-generated (<output_dir>)``; the ``source`` of
         every training row."""
-        return self.responses or f"self-generated ({self.output_dir})"
+        return self.responses or f"self-generated ({self.round_dir()})"
 
     def _text_rows(self) -> list[TextRow]:
         if self.responses is not None:
             from thinksafe.data.responses import load_responses
 
             return [TextRow(r.prompt, r.response, r.label, self.dataset_name()) for r in load_responses(self.responses)]
-        return kept_rows(self.output_dir, source=self.dataset_name())
+        return kept_rows(self.round_dir(), source=self.dataset_name())
 
     def encoder(self) -> ChatEncoder:
         """The encoder of the training rows: the model's tokenizer and chat template, ``reasoning_format``,
@@ -203,13 +234,15 @@ class SafetyDataModule(L.LightningDataModule):
         return self._encoder
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_rows:
+        if self.train_rows and self._rows_round == self.round:
             return
         encoder = self.encoder()
         rows, dropped = encoder.encode_rows(self._text_rows())
         if not rows:
             where = (
-                f"data.responses {self.responses}" if self.responses else f"the self-generated set in {self.output_dir}"
+                f"data.responses {self.responses}"
+                if self.responses
+                else f"the self-generated set in {self.round_dir()}"
             )
             raise UserError(
                 f"no training rows: {where} "
@@ -218,6 +251,7 @@ class SafetyDataModule(L.LightningDataModule):
             )
         self.train_rows, self.dropped = rows, dropped
         self.pad_id = encoder.pad_id
+        self._rows_round = self.round
 
     def training_rows(self) -> list[EncodedRow]:
         """The encoded training rows (after :meth:`setup`), each with :meth:`dataset_name` as its source."""
@@ -245,6 +279,12 @@ class SafetyDataModule(L.LightningDataModule):
         from thinksafe.data.batching import ResumableLoader, RowShuffleSampler
 
         trainer = self.trainer
+        if self.rounds > 1 and trainer is not None and self.rounds_driver is None:
+            raise UserError(
+                f"data.rounds={self.rounds} needs the thinksafe.rounds.SelfGenRounds callback in the trainer's "
+                "callbacks, which samples each round after the one before (`thinksafe fit` adds it)."
+            )
+        self.setup()  # a resumed run of several rounds learns its round from the checkpoint, after setup
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         if self.max_tokens_per_batch is None:
             # the order is a function of (seed, epoch) and the loader's position is checkpointed, so a resumed run
@@ -296,15 +336,28 @@ class SafetyDataModule(L.LightningDataModule):
     # before, its restore is then skipped, and the run would start the epoch over (Lightning 2.6).
     def state_dict(self) -> dict[str, Any]:
         loader = getattr(self, "_loader", None)
-        return {"loader": loader.state_dict()} if loader is not None else {}
+        state: dict[str, Any] = {"loader": loader.state_dict()} if loader is not None else {}
+        if self.rounds > 1:
+            state.update(
+                round=self.round,
+                round_started=dict(self.round_started),
+                loader_round=getattr(self, "_loader_round", None),
+            )
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.rounds > 1 and "round" in state_dict:
+            self.round = int(state_dict["round"])
+            self.round_started = {int(k): int(v) for k, v in state_dict.get("round_started", {}).items()}
+            if state_dict.get("loader_round") != self.round:  # saved as a round ended: the next starts afresh
+                state_dict = {k: v for k, v in state_dict.items() if k != "loader"}
         self._loader_state = state_dict.get("loader")
         if getattr(self, "_loader", None) is not None and self._loader_state is not None:
             self._loader.load_state_dict(self._loader_state)  # built already (strategies that restore late)
 
     def _resumable(self, loader):
         self._loader = loader
+        self._loader_round = self.round
         state, self._loader_state = getattr(self, "_loader_state", None), None
         if state is not None:
             loader.load_state_dict(state)

@@ -91,6 +91,16 @@ class ResumableCheckpoint(ModelCheckpoint):
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
 
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        saved = self._last_checkpoint_saved, self._last_global_step_saved
+        super().on_train_epoch_end(trainer, pl_module)
+        # Lightning 2.6 writes last.ckpt at an epoch end only when a top-k checkpoint is written there too, which
+        # save_top_k=0 or every_n_train_steps never do. Written again even when a step checkpoint has this step:
+        # epoch-end hooks change what resumes (data.rounds builds the next round's set there).
+        done = (self._last_checkpoint_saved, self._last_global_step_saved) != saved
+        if not done and not trainer.sanity_checking and not trainer.fast_dev_run:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     # ------------------------------------------------------------------------------------------- RNG state
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "rng": _rng_state()}

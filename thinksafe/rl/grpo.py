@@ -78,6 +78,8 @@ class GRPOPrompts(L.LightningDataModule):
 
         if safety_data.responses is not None:
             raise UserError("GRPO samples its own responses: remove data.responses from the recipe.")
+        if getattr(safety_data, "rounds", 1) > 1:
+            raise UserError("GRPO samples with the current weights at every step: remove data.rounds from the recipe.")
         if safety_data.guard is None:
             raise UserError("GRPO rewards responses with data.guard: name one in the recipe (as for ThinkSafe).")
         self.source = safety_data
@@ -265,9 +267,7 @@ class GRPOModule(ThinkSafeModule):
     def _sync_policy(self, sampler) -> None:
         """Make ``sampler`` sample from the weights as they are now."""
         if isinstance(sampler, VLLMSampler):
-            path = run_dir(self.trainer) / "policy"
-            self.save_trained(path)
-            sampler.set_adapter(str(path))
+            sampler.follow(self, run_dir(self.trainer) / "policy")
 
     def rollout(self, indices: list[int], round_index: int, data: GRPOPrompts | None = None) -> Rollout:
         """Sample ``num_generations`` completions of the prompts ``indices`` with the current weights and reward

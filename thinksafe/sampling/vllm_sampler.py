@@ -193,6 +193,23 @@ class VLLMSampler:
         self.adapter, self._adapter_rank = str(adapter), rank
         self._lora_id += 1
 
+    def follow(self, module, directory: str | Path) -> str:
+        """Sample from the weights a :class:`~thinksafe.model.module.ThinkSafeModule` holds now; returns the model
+        to pass to :meth:`generate` from then on.
+
+        The module writes what it trains to ``directory`` through its own ``save_trained`` (the adapter it writes
+        at the end of fit; a collective call under a sharded strategy: call it on every rank). A LoRA adapter is
+        then hot-loaded (:meth:`set_adapter`: a new LoRA request id, no merge, the engine kept when it was started
+        with ``max_lora_rank`` ≥ the adapter's rank) and the base model is returned. Full fine-tuning writes the
+        whole model there, which is returned: vLLM cannot swap weights in place, so the engine restarts on it.
+        """
+        path = module.save_trained(directory)
+        if module._has_frozen():  # LoRA: a frozen base under the adapter
+            self.set_adapter(str(path))
+            return str(module.hparams.name_or_path)
+        self.set_adapter(None)
+        return str(path)
+
     def engine_kwargs(self, model: str) -> dict[str, Any]:
         from thinksafe.model.loading import hf_dir_for
 
