@@ -4,6 +4,14 @@ The answer is the text after the think block (:func:`thinksafe.sampling.formats.
 whose think block was opened and never closed has no answer, and counts as wrong. A response with no think
 block at all (a plain chat model) is all answer.
 
+``answer_checker="skythought"`` reads answers instead as SkyThought's evaluator does, the one the ThinkSafe authors
+report with (``SkyThought/skythought/evals/tasks/{gsm8k,math,gpqa_diamond}/*_handler.py`` and
+``evals/util/math_parsing_util.py`` in their repository): from the whole generation, reasoning included, by
+:func:`skythought_extract`; GSM8K then compares the last number of that as a string, GPQA takes the last
+stand-alone A-D of the upper-cased generation (:func:`check_choice_skythought`). Not reproduced: SkyThought's
+``strip_answer_string`` normalisation and its ``math_equal`` (MATH/AIME answers read this way are compared with
+math-verify), since their package needs Python < 3.11.
+
 Math answers are compared with math-verify, which extracts the ``\\boxed{}`` or last/anchored expression and
 compares symbolically: ``1,000`` = ``1000``, ``$18`` = ``18``, ``\\dfrac{1}{2}`` = ``0.5``, ``025`` = ``25``,
 units and ``\\text{}`` are dropped. Multiple-choice answers (GPQA) are a letter found by
@@ -15,16 +23,21 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass
+from typing import Literal
 
 from thinksafe.sampling.formats import split_think
 
 CHOICES = "ABCD"
 
+AnswerChecker = Literal["math_verify", "skythought"]
+"""How reasoning answers are read: thinksafe's (the text after the think block, math-verify) or SkyThought's."""
+
 
 @dataclass(frozen=True)
 class AnswerCheck:
     answer: str | None
-    """Text after the think block; None when the think block was never closed."""
+    """Text after the think block; None when the think block was never closed (SkyThought's reading: the
+    whole generation)."""
     extracted: str | None
     """What was read from it (the expression or letter); None when nothing was found."""
     correct: bool
@@ -97,3 +110,75 @@ def check_choice(response: str, gold: str) -> AnswerCheck:
         return AnswerCheck(answer, None, False)
     letter = extract_choice(answer)
     return AnswerCheck(answer, letter, letter == gold)
+
+
+# ---------------------------------------------------------------- SkyThought's reading (answer_checker=skythought)
+_LAST_NUMBER = re.compile(r"-?\d*\.?\d+")
+_GSM8K_NUMBER = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+
+
+def _braced(text: str) -> str:
+    """The content of the brace group ``text`` opens (to its matching ``}``, or the end)."""
+    depth, out = 1, []
+    for c in text[1:]:
+        depth += (c == "{") - (c == "}")
+        if depth == 0:
+            break
+        out.append(c)
+    return "".join(out)
+
+
+def skythought_extract(generation: str) -> str:
+    """The final answer as SkyThought's ``extract_answer`` finds it in the whole generation, in its order: a
+    Minerva "final answer is $…$. I hope", the last ``boxed`` (its brace group, or up to a ``$``), the text
+    after the last "he answer is" / "final answer is" / "答案是" (to a blank line), else the last number (commas
+    removed); then newlines with their indentation dropped, one leading ":" and one trailing "." and "/" cut.
+    SkyThought's ``strip_answer_string`` (LaTeX and unit normalisation) is not applied."""
+    text = generation.replace("\u043a\u0438", "")
+    if "final answer is $" in text and "$. I hope" in text:
+        pred = text.split("final answer is $", 1)[1].split("$. I hope", 1)[0].strip()
+    elif "boxed" in text:
+        tail = text.split("boxed")[-1]
+        pred = _braced(tail) if tail.startswith("{") else tail.split("$")[0].strip()
+    elif "he answer is" in text:
+        pred = text.split("he answer is")[-1].strip()
+    elif "final answer is" in text:
+        pred = text.split("final answer is")[-1].strip()
+    elif "答案是" in text:
+        pred = text.split("答案是")[1].strip().split("\n\n")[0].strip()
+    else:
+        numbers = _LAST_NUMBER.findall(text.replace(",", ""))
+        pred = numbers[-1] if numbers else ""
+    pred = re.sub(r"\n\s*", "", pred)
+    if pred.startswith(":"):
+        pred = pred[1:]
+    for end in (".", "/"):
+        if pred.endswith(end):
+            pred = pred[:-1]
+    return pred
+
+
+def check_gsm8k_skythought(response: str, gold: str) -> AnswerCheck:
+    """SkyThought's GSM8K check: the extracted answer without "," and "$", its last number-like run, equal as
+    a string to the reference number ("18.0" is not "18")."""
+    extracted = re.sub(r"[,$]", "", skythought_extract(response))
+    runs = _GSM8K_NUMBER.findall(extracted)
+    number = runs[-1][0].strip() if runs else None
+    return AnswerCheck(response, number, number is not None and number == gold.replace(",", "").strip())
+
+
+def check_math_skythought(response: str, gold: str) -> AnswerCheck:
+    """The last ``boxed`` (or stated/last-number) answer of the whole generation, compared with math-verify."""
+    extracted = skythought_extract(response)
+    if not extracted:
+        return AnswerCheck(response, None, False)
+    correct, _ = math_equal(gold, f"\\boxed{{{extracted}}}")
+    return AnswerCheck(response, extracted, correct)
+
+
+def check_choice_skythought(response: str, gold: str) -> AnswerCheck:
+    """SkyThought's GPQA check: the last stand-alone A, B, C or D of the upper-cased generation (an article "a"
+    counts), else the whole text stripped of "."; "." and "/" cut at its end."""
+    letters = re.findall(r"\b(A|B|C|D)\b", response.upper())
+    pred = (letters[-1] if letters else response.strip().strip(".")).rstrip(".").rstrip("/")
+    return AnswerCheck(response, pred, pred == gold)

@@ -24,6 +24,7 @@ from typing import Literal
 
 from rich.console import Console
 
+from thinksafe.eval.answers import AnswerChecker
 from thinksafe.guards.base import Guard
 from thinksafe.sampling.formats import split_think
 
@@ -59,6 +60,8 @@ class Judges:
     sees: JudgeSees = "response"
     """What the judges see: the whole response (the authors' protocol), the final answer, or the trace."""
     console: Console = field(default_factory=lambda: Console(stderr=True, soft_wrap=True))
+    answers: AnswerChecker = "math_verify"
+    """How reasoning benchmarks read answers (:mod:`thinksafe.eval.answers`): thinksafe's or SkyThought's."""
 
     def harm(self) -> Guard:
         if self.judge is None:

@@ -13,6 +13,7 @@ from typing import Any
 from jsonargparse import ArgumentParser
 
 from thinksafe.errors import UserError, parse_args
+from thinksafe.eval.answers import AnswerChecker
 from thinksafe.eval.judges import JudgeSees
 from thinksafe.guards.base import Guard
 from thinksafe.lightning_cli import read_recipe, strict_parser_kwargs
@@ -42,6 +43,7 @@ class EvalOptions:
         reasoning_format: FormatOption = "auto",
         benchmark_dir: str | None = None,
         tensorboard: bool = True,
+        answer_checker: AnswerChecker = "math_verify",
     ) -> None:
         """
         Args:
@@ -64,6 +66,8 @@ class EvalOptions:
             reasoning_format: "auto" (from the chat template), "qwen3", "r1" or "plain" (default: the recipe's).
             benchmark_dir: folder with the benchmark files (``gsm8k/test.jsonl``, …) used for bare names.
             tensorboard: also write TensorBoard scalars to ``output/tensorboard``.
+            answer_checker: how reasoning benchmarks read answers: "math_verify" (the text after the think block,
+                math-verify) or "skythought" (SkyThought's reading of the whole generation, as the authors scored).
         """
         if model is None:
             raise UserError(f"{PROG}: no model: give --recipe with model.name_or_path, or --model=DIR.")
@@ -85,6 +89,7 @@ class EvalOptions:
             reasoning_format=reasoning_format,
             benchmark_dir=benchmark_dir,
             tensorboard=tensorboard,
+            answer_checker=answer_checker,
         )
 
     def run(self):

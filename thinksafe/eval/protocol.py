@@ -118,6 +118,8 @@ def judge_protocol(judges, kinds: set[str]) -> dict[str, Any]:
         out["refusal_judge"] = names.get("refusal_judge")
     if out:
         out["judge_reads"] = judges.sees
+    if "reasoning" in kinds:
+        out["answer_checker"] = getattr(judges, "answers", "math_verify")
     return out
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from thinksafe.data.records import Record, read_records
 from thinksafe.errors import UserError
+from thinksafe.eval.answers import AnswerChecker
 from thinksafe.eval.benchmarks import Item, load_benchmark
 from thinksafe.eval.judges import Judges, JudgeSees
 from thinksafe.eval.protocol import benchmark_protocol, judge_protocol
@@ -36,6 +37,7 @@ def score(
     judge: Guard | None = None,
     refusal_judge: Guard | None = None,
     judge_sees: JudgeSees = "response",
+    answer_checker: AnswerChecker = "math_verify",
 ) -> dict[str, Any]:
     """Score saved responses.
 
@@ -49,6 +51,8 @@ def score(
         refusal_judge: refusal judge for over-refusal benchmarks (None: WildGuard on a GPU, else the offline judge).
         judge_sees: "response" (the whole response, reasoning included: the authors' protocol), "answer" (the
             text after the think block) or "trace" (reasoning + answer, think tags removed).
+        answer_checker: how reasoning benchmarks read answers: "math_verify" (the text after the think block,
+            math-verify) or "skythought" (SkyThought's reading of the whole generation, as the authors scored).
 
     Returns:
         The summary (also written to ``summary.json``).
@@ -64,7 +68,7 @@ def score(
     items = [matched[ks[0]] for ks in groups.values()]
     texts = [[rows[k].fields["response"] for k in ks] for ks in groups.values()]
 
-    judges = Judges(judge, refusal_judge, judge_sees)
+    judges = Judges(judge, refusal_judge, judge_sees, answers=answer_checker)
     try:
         scored = loaded.benchmark.scorer.score(items, texts, judges)
     finally:

@@ -24,6 +24,7 @@ from typing import Any
 from rich.console import Console
 
 from thinksafe.errors import UserError
+from thinksafe.eval.answers import AnswerChecker
 from thinksafe.eval.benchmarks import Loaded, load_benchmark
 from thinksafe.eval.judges import Judges, JudgeSees
 from thinksafe.eval.lora import EvaluatedModel, resolve_model
@@ -64,6 +65,7 @@ def run_eval(
     reasoning_format: FormatOption = "auto",
     benchmark_dir: str | None = None,
     tensorboard: bool = True,
+    answer_checker: AnswerChecker = "math_verify",
 ) -> Results:
     """Evaluate a model (base, merged, or a LoRA adapter directory) on benchmarks.
 
@@ -83,6 +85,9 @@ def run_eval(
         refusal_judge: refusal judge for over-refusal benchmarks (None: WildGuard on a GPU, else the offline judge).
         judge_sees: "response" (the whole response, reasoning included, as the authors' judges read it),
             "answer" (the text after the think block) or "trace" (reasoning + answer, think tags removed).
+        answer_checker: how reasoning benchmarks read answers: "math_verify" (the text after the think block,
+            math-verify) or "skythought" (SkyThought's reading of the whole generation, as the authors scored;
+            see :mod:`thinksafe.eval.answers`).
         adapter: a LoRA adapter directory to apply to ``model``.
         reasoning_format: "auto" (from the chat template), "qwen3", "r1" or "plain".
         benchmark_dir: folder with the benchmark files (``gsm8k/test.jsonl``, …) used for bare names; names
@@ -108,7 +113,7 @@ def run_eval(
 
     sampler = sampler if sampler is not None else _default_sampler()
     evaluated = resolve_model(model, adapter, sampler, say=console.print)
-    judges = Judges(judge, refusal_judge, judge_sees, console)
+    judges = Judges(judge, refusal_judge, judge_sees, console, answer_checker)
     try:
         fmt, template_kwargs = resolve_format(evaluated.path, reasoning_format)
         reasoning_params, safety_params = eval_sampling(fmt, sampling, safety_n)
@@ -273,6 +278,7 @@ def _run_record(
         "safety_n": safety_sampling.n,
         "judges": judges.names(),
         "judge_sees": judges.sees,
+        "answer_checker": judges.answers,
         "benchmarks": {b.name: {"source": str(b.source), "n": len(b.items)} for b in loaded},
         "limit": limit,
         "seconds": round(seconds, 1),

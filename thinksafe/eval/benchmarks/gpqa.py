@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 
 from thinksafe.data.records import Record
-from thinksafe.eval.answers import CHOICES, check_choice
+from thinksafe.eval.answers import CHOICES, check_choice, check_choice_skythought
 from thinksafe.eval.benchmarks.base import Benchmark, HubSource, Item, row_id, text_field
 from thinksafe.eval.benchmarks.math import PassAtOne
 
@@ -50,7 +50,7 @@ def _gpqa(rec: Record, n: int) -> Item:
 
 GPQA_DIAMOND = Benchmark(
     "gpqa_diamond",
-    PassAtOne(check_choice),
+    PassAtOne(check_choice, check_choice_skythought),
     _gpqa,
     hub=HubSource("Idavidrein/gpqa", "gpqa_diamond", "train"),
     about="GPQA: Question, Correct Answer, Incorrect Answer 1-3",

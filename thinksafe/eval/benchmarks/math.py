@@ -30,7 +30,7 @@ from typing import ClassVar
 
 from thinksafe.data.records import Record
 from thinksafe.errors import UserError
-from thinksafe.eval.answers import AnswerCheck, check_math
+from thinksafe.eval.answers import AnswerCheck, check_gsm8k_skythought, check_math, check_math_skythought
 from thinksafe.eval.benchmarks.base import Benchmark, HubSource, Item, Kind, Scored, row_id, text_field
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -48,6 +48,8 @@ class PassAtOne:
     """Checks every sample against the item's ``gold``; no judge involved."""
 
     check: Callable[[str, str], AnswerCheck] = check_math
+    skythought: Callable[[str, str], AnswerCheck] = check_math_skythought
+    """The check under ``answer_checker: skythought`` (SkyThought's reading of the whole generation)."""
     kind: ClassVar[Kind] = "reasoning"
     formula: ClassVar[str] = (
         "accuracy = mean over questions of (correct samples / samples), the answer after the think block "
@@ -56,10 +58,11 @@ class PassAtOne:
 
     def score(self, items: list[Item], responses: list[list[str]], judges=None) -> Scored:
         samples, per_item, no_answer, total = [], [], 0, 0
+        check = self.skythought if getattr(judges, "answers", "math_verify") == "skythought" else self.check
         for item, rs in zip(items, responses):
             rows = []
             for r in rs:
-                c = self.check(r, item.gold or "")
+                c = check(r, item.gold or "")
                 has_answer = c.answer is not None and bool(c.answer.strip())
                 rows.append(dict(extracted=c.extracted, correct=c.correct, has_answer=has_answer))
                 no_answer += not has_answer
@@ -113,7 +116,7 @@ def _problem_answer(*id_columns: str):
 
 GSM8K = Benchmark(
     "gsm8k",
-    PassAtOne(),
+    PassAtOne(skythought=check_gsm8k_skythought),
     _gsm8k,
     local="gsm8k/test.jsonl",
     hub=HubSource("openai/gsm8k", "main", "test"),
@@ -122,7 +125,7 @@ GSM8K = Benchmark(
 )
 GSM8K_BOXED = Benchmark(
     "gsm8k_boxed",
-    PassAtOne(),
+    PassAtOne(skythought=check_gsm8k_skythought),
     _gsm8k_boxed,
     local="gsm8k/test.jsonl",
     hub=HubSource("openai/gsm8k", "main", "test"),
