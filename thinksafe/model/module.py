@@ -359,7 +359,7 @@ class ThinkSafeModule(LightningModule):
         # each supervised token's share of the micro-batch's loss: 1/n (token mean) or 1/(|S_r| · rows) (row mean)
         if hp.get("loss_average", "token") == "row":
             row_tokens = torch.bincount(rows, minlength=harmful.numel())
-            share = 1.0 / (row_tokens[rows].float() * int((row_tokens > 0).sum()))
+            share = 1.0 / (row_tokens[rows].float() * (row_tokens > 0).sum())  # no host sync
             scale_key = "row_scale"
         else:
             share = torch.full((n,), 1.0 / n, device=positions.device)
