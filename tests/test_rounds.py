@@ -129,8 +129,64 @@ def test_sampler_following_training_says_what_the_merged_weights_say(tiny_qwen3,
         assert second != first, "the refreshed adapter was not served"
 
         merged = export_merged(tmp_path / "policy", tmp_path / "merged")
+
+        # GRPO samples through the same engine: its policy adapter is refreshed before every step, never restarted
+        _grpo_follows_the_policy(tiny_qwen3, sampler, tmp_path / "grpo")
+        assert sampler._engine._proc.pid == pid
+
         sampler.set_adapter(None)
         assert [c[0].text for c in sampler.generate(str(merged), chats, greedy)] == second
+
+
+def _grpo_follows_the_policy(tiny_qwen3: Path, sampler, root: Path) -> None:
+    from lightning.pytorch import Trainer
+
+    from thinksafe.data.datamodule import SafetyDataModule
+    from thinksafe.guards import OfflineJudge
+    from thinksafe.model import LoRA
+    from thinksafe.rl import GRPOModule
+
+    root.mkdir()
+    prompts = root / "prompts.jsonl"
+    prompts.write_text(
+        "".join(
+            json.dumps({"instruction": f"Say something about colour {i}.", "label": label}) + "\n"
+            for i, label in enumerate(["vanilla_harmful", "vanilla_benign"] * 2)
+        )
+    )
+    data = SafetyDataModule(
+        prompts=str(prompts),
+        output_dir=str(root / "unused"),
+        sampler=sampler,
+        guard=OfflineJudge(),
+        reasoning_format="plain",
+        batch_size=2,
+        max_length=256,
+        model_name_or_path=str(tiny_qwen3),
+        in_distribution_rows=0,
+    )
+    module = GRPOModule(
+        str(tiny_qwen3),
+        adapter=LoRA(r=8, alpha=16, dropout=0.0),
+        num_generations=2,
+        temperature=1.0,
+        max_completion_length=8,
+        lr=3e-2,
+        warmup_ratio=0.0,
+    )
+    requests = sampler._lora_id
+    Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(root),
+    ).fit(module, datamodule=GRPOModule.online_data(data))
+    assert module.cost["completions"] == 2 * 2 * 2 and module.cost["generated_tokens"] > 0
+    assert sampler._lora_id == requests + 2, "one new LoRA request per step"
+    assert sampler.adapter == str(root / "policy") and (root / "policy" / "adapter_model.safetensors").is_file()
 
 
 # ----------------------------------------------------------------------------------------------- rounds
