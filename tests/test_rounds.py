@@ -360,3 +360,14 @@ def test_two_rounds_sample_with_the_trained_weights_and_resume_after_sigkill(tin
     assert want.keys() == got.keys()
     for name in want:
         assert torch.allclose(want[name], got[name], atol=1e-6), name
+
+
+def test_generate_builds_round_1_of_a_rounds_recipe(tiny_qwen3, tmp_path):
+    """`thinksafe generate` with data.rounds > 1 writes (and scores) the set fit trains round 1 on."""
+    from thinksafe.cli import main
+
+    recipe = _rounds_recipe(tmp_path, str(tiny_qwen3))
+    out = tmp_path / "selfgen"
+    assert main(["generate", "--config", str(recipe), f"--data.output_dir={out}"]) == 0
+    assert (out / "round_1" / "stats.json").is_file() and (out / "round_1" / "in_distribution.json").is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["round_1"]

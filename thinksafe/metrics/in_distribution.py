@@ -324,7 +324,7 @@ def report_generated(datamodule, limit: int | None = 256, batch_size: int = 4, c
     from thinksafe.files import write_json_atomic
 
     console = console or Console(stderr=True)
-    out = Path(datamodule.output_dir)
+    out = Path(datamodule.round_dir())  # with data.rounds > 1, generate builds round 1: output_dir/round_1
     fp = json.loads((out / "manifest.json").read_text()).get("fingerprint")
     cached = out / "in_distribution.json"
     key = {"fingerprint": fp, "limit": limit, "max_length": datamodule.max_length}
