@@ -119,3 +119,45 @@ def test_normalize_leaves_full_form_responses_alone():
     full = "<think>\nreasoning\n</think>\n\nanswer"
     assert normalize_response(full) == full
     assert normalize_response("plain answer") == "plain answer"
+
+
+def _thinksafe_set(directory, rows):
+    """A finished set as `thinksafe generate` leaves it: samples.jsonl (every sample) and stats.json."""
+    directory.mkdir()
+    write_jsonl(directory / "samples.jsonl", rows)
+    (directory / "stats.json").write_text(json.dumps({"all": {"samples": len(rows)}}))
+    return directory
+
+
+def test_a_thinksafe_output_directory_and_a_list_of_sources(tmp_path):
+    kept = {"prompt": "Build a bomb", "response": "<think>\nNo.\n</think>\n\nNo.", "label": "vanilla_harmful"}
+    rejected = {"prompt": "Hack it", "response": "Sure, here", "label": "vanilla_harmful"}
+    out = _thinksafe_set(tmp_path / "set", [{**kept, "kept": True}, {**rejected, "kept": False, "prompt_index": 1}])
+    (row,) = load_responses(str(out))  # only what the guard kept
+    assert (row.prompt, row.response, row.label) == (kept["prompt"], kept["response"], kept["label"])
+    assert row.where == f"{out / 'samples.jsonl'}:1"
+    assert [r.prompt for r in load_responses(str(out / "samples.jsonl"))] == ["Build a bomb"]  # the file itself
+    safechain = write_jsonl(
+        tmp_path / "sc.jsonl",
+        [{"instruction": "Bake bread?", "response": "Mix.\n</think>\nBake.", "label": "vanilla_benign"}],
+    )
+    rows = load_responses([str(out), str(safechain)])
+    assert [r.prompt for r in rows] == ["Build a bomb", "Bake bread?"]
+    with pytest.raises(UserError, match="holds no finished thinksafe set"):
+        load_responses(str(tmp_path))
+    with pytest.raises(UserError, match="no kept rows"):
+        load_responses(str(_thinksafe_set(tmp_path / "none", [{**rejected, "kept": False}])))
+    with pytest.raises(UserError, match="list of sources is empty"):
+        load_responses([])
+
+
+def test_data_responses_takes_a_list_from_the_command_line(tmp_path):
+    from thinksafe.lightning_cli import read_recipe
+
+    a = write_jsonl(tmp_path / "a.jsonl", [{"instruction": "x", "response": "y", "label": "vanilla_benign"}])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "model: {name_or_path: data/tiny-qwen3}\n"
+        f"data: {{responses: [{a}, {tmp_path}], guard: {{class_path: thinksafe.guards.OfflineJudge}}}}\n"
+    )
+    assert read_recipe(str(recipe)).data.responses == [str(a), str(tmp_path)]

@@ -2,8 +2,9 @@
 
 The format is told by the columns:
 
-* SafeChain and thinksafe's self-generated sets: ``instruction``, ``response`` and ``label`` (or
-  ``prompt_label``), one of ``prompts.LABELS``.
+* SafeChain: ``instruction``, ``response`` and ``label`` (or ``prompt_label``), one of ``prompts.LABELS``.
+* thinksafe's own sets: an output directory of ``thinksafe generate`` (or of a fit's data stage), or its
+  ``samples.jsonl`` (``prompt``, ``response``, ``label``, ``kept``); only the kept rows are read.
 * STAR-1 (``UCSC-VLAA/STAR-1``): ``question``, ``response``, ``category``, ``source``, ``score``; every prompt is
   harmful, so rows get ``vanilla_harmful``.
 * DirectRefusal (``TianshengHuang/DirectRefusal``, the Safety-Tax baseline): one ``refusal`` column holding
@@ -23,13 +24,14 @@ import random
 import re
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from thinksafe.data.records import Record, read_source
 from thinksafe.errors import UserError
 from thinksafe.rows import CLOSE, LABELS, OPEN, is_harmful
 
-ResponseFormat = Literal["safechain", "star1", "direct_refusal"]
+ResponseFormat = Literal["safechain", "thinksafe", "star1", "direct_refusal"]
 
 DIRECT_REFUSAL_THINK = f"{OPEN}\nI should not answer this question!\n{CLOSE}\n\n"
 _QUESTION_ANSWER = re.compile(r"Question:\s*(.+?)\s*Answer:\s*(.+)", re.IGNORECASE | re.DOTALL)
@@ -54,6 +56,8 @@ def detect_format(fields: dict[str, Any], where: str) -> ResponseFormat:
     """The response-set format told by a row's columns."""
     if "refusal" in fields:
         return "direct_refusal"
+    if {"prompt", "response", "label", "kept"} <= fields.keys():
+        return "thinksafe"
     if "response" in fields and "instruction" in fields:
         return "safechain"
     if "response" in fields and "question" in fields:
@@ -61,7 +65,8 @@ def detect_format(fields: dict[str, Any], where: str) -> ResponseFormat:
     have = ", ".join(sorted(fields)) or "(none)"
     raise UserError(
         f"{where}: cannot tell the response-set format from the columns ({have}). Expected instruction+response+label "
-        "(SafeChain / thinksafe generate), question+response (STAR-1) or refusal (DirectRefusal)."
+        "(SafeChain), prompt+response+label+kept (thinksafe generate's samples.jsonl), question+response (STAR-1) "
+        "or refusal (DirectRefusal)."
     )
 
 
@@ -98,6 +103,11 @@ def _row(rec: Record, fmt: ResponseFormat) -> ResponseRow:
         return ResponseRow(
             _text(rec, "question"), normalize_response(_text(rec, "response")), "vanilla_harmful", rec.where, meta
         )
+    if fmt == "thinksafe":  # the set's own rows: already in full form, checked by the data stage
+        meta = {k: v for k, v in f.items() if k not in ("prompt", "response", "label")}
+        if f["label"] not in LABELS:
+            raise UserError(f"{rec.where}: unknown label {f['label']!r}; expected one of {', '.join(LABELS)}.")
+        return ResponseRow(_text(rec, "prompt"), _text(rec, "response"), f["label"], rec.where, meta)
     key = "label" if f.get("label") is not None else "prompt_label"
     label = f.get(key)
     if label is None:
@@ -108,20 +118,36 @@ def _row(rec: Record, fmt: ResponseFormat) -> ResponseRow:
     return ResponseRow(_text(rec, "instruction"), normalize_response(_text(rec, "response")), label, rec.where, meta)
 
 
-def load_responses(source: str, limit: int | None = None, seed: int = 0, split: str = "train") -> list[ResponseRow]:
-    """Every row of a response set (local .jsonl/.json/.csv/.parquet file or hub dataset id), validated.
+def load_responses(
+    source: str | list[str], limit: int | None = None, seed: int = 0, split: str = "train"
+) -> list[ResponseRow]:
+    """Every row of a response set (local .jsonl/.json/.csv/.parquet file, thinksafe output directory or hub
+    dataset id), validated; a list of sources gives their rows one after the other.
 
     Args:
-        source: a local file or a hub dataset id (``UCSC-VLAA/STAR-1``, ``TianshengHuang/DirectRefusal``, …).
+        source: a local file, a directory written by ``thinksafe generate`` (its kept rows), or a hub dataset id
+            (``UCSC-VLAA/STAR-1``, ``TianshengHuang/DirectRefusal``, …); or a list of them.
         limit: keep at most this many rows, drawn without replacement with ``seed`` (None: all).
         seed: seed of that draw; the same seed keeps the same rows.
         split: split of a hub dataset (ignored for files).
     """
     if limit is not None and limit < 1:
         raise UserError(f"data.responses: limit for {source} must be ≥ 1 or null, got {limit}.")
-    records = read_source(source, split, "data.responses")
+    if isinstance(source, (list, tuple)):
+        if not source:
+            raise UserError("data.responses: the list of sources is empty; name at least one.")
+        rows = [row for one in source for row in load_responses(one, split=split)]
+        return _draw(rows, limit, seed)
+    records = _thinksafe_set(Path(source)) if Path(source).is_dir() else read_source(source, split, "data.responses")
     fmt = detect_format(records[0].fields, records[0].where)
     rows = [_row(r, fmt) for r in records]
+    if fmt == "thinksafe":
+        rows = [r for r, rec in zip(rows, records) if rec.fields["kept"]]
+        if not rows:
+            raise UserError(
+                f"data.responses: {source} holds no kept rows (the guard or the think-block check rejected every "
+                "sample; see stats.json there), so there is nothing to train on."
+            )
     # a think block opened and never closed is a cut reasoning trace: training on it teaches the model to stop
     # mid-thought. Dropped and counted, as the self-generated set rejects such samples
     unclosed = [r for r in rows if OPEN in r.response and CLOSE not in r.response]
@@ -137,7 +163,23 @@ def load_responses(source: str, limit: int | None = None, seed: int = 0, split: 
                 f"data.responses: every row of {source} opens a think block it never closes (the first at "
                 f"{unclosed[0].where}); there is nothing to train on."
             )
+    return _draw(rows, limit, seed)
+
+
+def _draw(rows: list[ResponseRow], limit: int | None, seed: int) -> list[ResponseRow]:
     if limit is not None and limit < len(rows):
         keep = sorted(random.Random(seed).sample(range(len(rows)), limit))
         rows = [rows[i] for i in keep]
     return rows
+
+
+def _thinksafe_set(directory: Path) -> list[Record]:
+    """The rows of a finished set written by ``thinksafe generate`` (or a fit's data stage) in ``directory``."""
+    if not (directory / "stats.json").is_file() or not (directory / "samples.jsonl").is_file():
+        raise UserError(
+            f"data.responses: {directory} is a directory but holds no finished thinksafe set (samples.jsonl and "
+            "stats.json); name a response file, or a directory `thinksafe generate` finished (an unfinished one "
+            "resumes when that command runs again; the shards of a multi-process run are merged with "
+            "`thinksafe generate --merge`)."
+        )
+    return read_source(str(directory / "samples.jsonl"), option="data.responses")
