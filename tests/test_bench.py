@@ -112,6 +112,28 @@ def test_train_throughput_head_loss_compares_materialised_and_chunked_logits(tmp
 
 
 @pytest.mark.slow
+def test_sampler_throughput_chunked_mode_runs_three_ways_on_one_engine(tiny_qwen3, vllm_sampler, capsys):
+    """--chunked: one call, the data stage's chunks and a call per chunk generate the same completions (the bench
+    refuses to report otherwise); the ratios are tokens/s over the one call's."""
+    bench = load("sampler_throughput")
+    report = bench.chunk_boundaries(str(tiny_qwen3), vllm_sampler, prompts=12, max_tokens=32, chunk_size=4)
+    ways = report["ways"]
+    assert set(ways) == {"one_call", "chunked", "call_per_chunk"}
+    tokens = {w["generated_tokens"] for w in ways.values()}
+    assert len(tokens) == 1 and 0 < tokens.pop() <= 12 * 32
+    for w in ways.values():
+        assert w["tokens_per_s"] == pytest.approx(w["generated_tokens"] / w["seconds"])
+    assert report["chunked_vs_one_call"] == pytest.approx(
+        ways["chunked"]["tokens_per_s"] / ways["one_call"]["tokens_per_s"]
+    )
+    n = report["lengths"]
+    assert 0 <= n["median"] <= n["p90"] <= n["max"] <= 32
+    bench.print_chunked(report)
+    assert "chunked_vs_one_call" in capsys.readouterr().out
+    json.dumps(report)  # what --json writes
+
+
+@pytest.mark.slow
 def test_train_throughput_master_weights_times_three_precisions(tmp_path):
     """--master-weights: bf16-true as thinksafe trains (float32 LoRA), with bf16 LoRA, and 32-true on the same
     micro-batches; the JSON's ratios are of the measured tokens/s."""
