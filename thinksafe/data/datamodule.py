@@ -1,7 +1,8 @@
 """The LightningDataModule: builds (or reuses) the self-generated safety set, then tokenizes it.
 
-``prepare_data`` runs the data stage once per node — steered sampling, think-block check, guard — into
-``output_dir`` (the same code and artifact as ``thinksafe generate``). ``setup`` renders the kept rows
+``prepare_data`` runs the data stage — steered sampling, think-block check, guard — into ``output_dir`` (the
+same code and artifact as ``thinksafe generate``); in a multi-process run ``setup`` runs it on every rank
+instead, each rank on its share of the prompts, and merges the shards (:mod:`thinksafe.data.shards`). ``setup`` renders the kept rows
 through the model's chat template, reasoning kept in the target, loss on response tokens only.
 With ``responses`` set, an existing response set (SafeChain, STAR-1, DirectRefusal) is trained on instead.
 """
@@ -45,7 +46,8 @@ class SafetyDataModule(L.LightningDataModule):
         think_rule: which sampled reasoning responses may be kept: "strict" (one closed think block and an answer
             after it) or "authors" (the ThinkSafe authors' rule: the response contains ``</think>``).
         overwrite: start over in an output_dir made with different settings (its thinksafe files are removed).
-        responses: train on this existing response set (file or hub id) instead of generating one.
+        responses: train on this existing response set instead of generating one: a file, a hub id, a directory
+            made by ``thinksafe generate`` (its kept rows), or a list of them.
         max_length: tokens per training row (prompt + response); longer responses are cut at the end, and
             rows left with no response token are dropped and counted.
         mask_prompt: loss on response tokens only.
@@ -83,7 +85,7 @@ class SafetyDataModule(L.LightningDataModule):
         chat_template_kwargs: dict[str, Any] | None = None,
         think_rule: ThinkRule = "strict",
         overwrite: bool = False,
-        responses: str | None = None,
+        responses: str | list[str] | None = None,
         max_length: int = 16384,
         mask_prompt: bool = True,
         batch_size: int = 1,
@@ -207,12 +209,50 @@ class SafetyDataModule(L.LightningDataModule):
         return self.selfgen
 
     def prepare_data(self) -> None:
-        if self.responses is None:
+        # several processes: every rank builds its shard in setup instead (prepare_data runs on one rank per node)
+        if self.responses is None and self._world() == 1:
             self.build_safety_set()
+
+    def _world(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return trainer.world_size if trainer is not None else 1
+
+    def build_safety_set_sharded(self, model: str | None = None) -> SelfGenResult:
+        """The data stage on every rank of a multi-process fit (all ranks call it together): each samples and
+        guards its share of the prompts with its own engine on its own device(s), then one merges the shards
+        into :meth:`round_dir` (:mod:`thinksafe.data.shards`). ``model`` as in :meth:`build_safety_set`."""
+        from thinksafe.data.shards import Ranks, build_sharded
+        from thinksafe.distributed import destroy_process_group_at_exit
+
+        destroy_process_group_at_exit()  # registered before anything can fail: the group must end cleanly
+        if self.guard is None:
+            self.build_safety_set()  # its one-paragraph error about the missing guard
+        root = self.trainer.strategy.root_device
+        self.selfgen = build_sharded(
+            ranks=Ranks(),
+            device_index=root.index if root.type == "cuda" else None,
+            output_dir=self.round_dir(),
+            model=model or self._model(),
+            prompts=load_prompts(self.prompts),
+            sampler=self.sampler,
+            guard=self.guard,
+            sampling=self.sampling,
+            steering_template=self.steering_template,
+            reasoning_format=self.reasoning_format,
+            chat_template_kwargs=self.chat_template_kwargs,
+            think_rule=self.think_rule,
+            chunk_size=self.chunk_size,
+            overwrite=self.overwrite,
+            recipe=self.recipe,
+            console=None,
+        )
+        return self.selfgen
 
     def dataset_name(self) -> str:
         """What the model trains on: ``data.responses``, or ``self-generated (<output_dir>)``; the ``source`` of
         every training row."""
+        if isinstance(self.responses, list):
+            return " + ".join(self.responses)
         return self.responses or f"self-generated ({self.round_dir()})"
 
     def _text_rows(self) -> list[TextRow]:
@@ -236,6 +276,8 @@ class SafetyDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_rows and self._rows_round == self.round:
             return
+        if self.responses is None and self.selfgen is None and self._world() > 1:
+            self.build_safety_set_sharded()
         encoder = self.encoder()
         rows, dropped = encoder.encode_rows(self._text_rows())
         if not rows:
