@@ -345,6 +345,10 @@ def test_two_rounds_sample_with_the_trained_weights_and_resume_after_sigkill(tin
     kept = [e.value for e in events.Scalars("rounds/kept")]
     assert kept == [summary["1"]["rounds/kept"], summary["2"]["rounds/kept"]]
 
+    cost = json.loads(next(straight.rglob("cost.json")).read_text())["stages"]["data"]
+    assert [r["round"] for r in cost["rounds"]] == [1, 2] and cost["rounds"][1]["seconds"] is not None
+    assert cost["samples"] == 16 and cost["generated_tokens"] == sum(r["generated_tokens"] for r in cost["rounds"])
+
     # SIGKILL as round 2's first epoch starts (its set built, the epoch-end checkpoint written), then resume
     run = tmp_path / "killed"
     killed = _fit(recipe, run, kill_at_epoch=2)
@@ -356,6 +360,8 @@ def test_two_rounds_sample_with_the_trained_weights_and_resume_after_sigkill(tin
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert {p: p.stat().st_mtime_ns for d in sets for p in d.iterdir()} == before, "a finished round was redone"
     assert not (run / "selfgen" / "round_3").exists()
+    cost = json.loads(next(run.rglob("cost.json")).read_text())["stages"]["data"]
+    assert cost["samples"] == 16 and cost["rounds"][1]["seconds"] is None  # built by the killed process
     want, got = _adapter(straight), _adapter(run)
     assert want.keys() == got.keys()
     for name in want:

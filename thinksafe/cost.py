@@ -50,6 +50,7 @@ class CostLog(Callback):
         self.output_dir = output_dir
         self.created = time.time()
         self.data_seconds: float | None = None
+        self.first_reused = False
         self.train_started: float | None = None
         self.trained_tokens = 0
         self.cost: dict[str, Any] | None = None
@@ -58,6 +59,8 @@ class CostLog(Callback):
         # prepare_data (the data stage) has run by now
         if self.data_seconds is None:
             self.data_seconds = time.time() - self.created
+            # the set fit starts on (data.rounds: round 1; later rounds replace datamodule.selfgen)
+            self.first_reused = bool(getattr(getattr(trainer.datamodule, "selfgen", None), "reused", False))
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.train_started = time.time()
@@ -84,6 +87,22 @@ class CostLog(Callback):
                 "reused": bool(selfgen.reused),
                 "seconds": None if selfgen.reused else round(self.data_seconds or 0.0, 1),
                 "output_dir": str(selfgen.output_dir),
+            }
+        if selfgen is not None and getattr(dm, "rounds", 1) > 1:
+            # data.rounds: every round's set counts; the later rounds were built inside fit, so their seconds move
+            # from training to the data stage
+            first = None if self.first_reused else round(self.data_seconds or 0.0, 1)
+            rounds = [self._round_cost(dm, k, first) for k in range(1, dm.round + 1)]
+            later = sum(r["seconds"] or 0.0 for r in rounds[1:])
+            train_seconds -= later
+            stages["data"] = {
+                **{key: sum(r[key] for r in rounds) for key in ("samples", "generated_tokens", "guard_calls")},
+                "reused": all(r["seconds"] is None for r in rounds),
+                "seconds": None
+                if all(r["seconds"] is None for r in rounds)
+                else round(sum(r["seconds"] or 0.0 for r in rounds), 1),
+                "output_dir": str(dm.output_dir),
+                "rounds": rounds,
             }
         training: dict[str, Any] = {
             "steps": trainer.global_step,
@@ -115,6 +134,16 @@ class CostLog(Callback):
             for directory in dict.fromkeys((self._output_dir(trainer), run_dir(trainer))):
                 directory.mkdir(parents=True, exist_ok=True)
                 write_text_atomic(directory / "cost.json", text)
+
+    @staticmethod
+    def _round_cost(dm, k: int, seconds: float | None) -> dict[str, Any]:
+        """Round ``k``'s set: its tokens and guard calls, and the seconds this process spent building it (round 1:
+        ``seconds``, measured around the data stage; later rounds: as timed by thinksafe.rounds.SelfGenRounds;
+        None when the set was built by an earlier, resumed-from process or reused)."""
+        directory = Path(dm.round_dir(k))
+        if k > 1:
+            seconds = getattr(getattr(dm, "rounds_driver", None), "seconds", {}).get(k)
+        return {"round": k, **selfgen_cost(directory), "seconds": seconds, "output_dir": str(directory)}
 
     def _output_dir(self, trainer: Trainer) -> Path:
         if self.output_dir is not None:

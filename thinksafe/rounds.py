@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,7 @@ class SelfGenRounds(Callback):
     def __init__(self):
         self.datamodule = None
         self._reload: int | None = None
+        self.seconds: dict[int, float] = {}  # round -> seconds this process spent building its set (cost.json)
 
     @staticmethod
     def install(trainer) -> None:
@@ -156,12 +158,14 @@ class SelfGenRounds(Callback):
         model = follow_training(dm.sampler, pl_module, dm.adapter_dir(k - 1))  # every rank: a collective save
         dm.round = k
         dm.round_started[k] = trainer.global_step
+        started = time.perf_counter()
         sharded = getattr(dm, "build_safety_set_sharded", None)
         if trainer.world_size > 1 and sharded is not None:  # every rank its share of the prompts, as setup does
             sharded(model=model)
         elif trainer.local_rank == 0:  # one data stage per node, as prepare_data
             dm.build_safety_set(model=model)
         trainer.strategy.barrier("thinksafe-round")
+        self.seconds[k] = round(time.perf_counter() - started, 1)
         dm.setup("fit")  # the new round's rows
         # Lightning rebuilds the loader at the next epoch start; the user's setting is put back after that
         self._reload = trainer.reload_dataloaders_every_n_epochs
