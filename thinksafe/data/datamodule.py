@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 from jsonargparse import lazy_instance
 
 from thinksafe.data.prompts import PromptSource, load_prompts
+from thinksafe.data.ray_executor import RayOptions
 from thinksafe.data.selfgen import SelfGenResult, build_selfgen, kept_rows
 from thinksafe.errors import UserError
 from thinksafe.guards.base import Guard
@@ -70,6 +71,10 @@ class SafetyDataModule(L.LightningDataModule):
             trains ``trainer.max_epochs / K`` epochs per round; round 1's set is ``output_dir/round_1/``, and after
             each round the prompts are sampled again with the weights just trained (written to
             ``output_dir/adapters/round_<k>/``), guarded, and written to ``output_dir/round_<k+1>/`` for the next.
+        executor: where the data stage runs: "local" (this process, or every rank of a multi-process fit) or
+            "ray" (a Ray actor pool of engines, one shard each, merged here: :mod:`thinksafe.data.ray_executor`;
+            the optional ``ray`` extra).
+        ray: with ``executor: ray``: the cluster's address and how many engines (see ``RayOptions``).
     """
 
     def __init__(
@@ -97,6 +102,8 @@ class SafetyDataModule(L.LightningDataModule):
         in_distribution_rows: int | None = 256,
         model_name_or_path: str = "",
         rounds: int = 1,
+        executor: Literal["local", "ray"] = "local",
+        ray: RayOptions = RayOptions(),
     ):
         super().__init__()
         if rounds < 1:
@@ -151,6 +158,8 @@ class SafetyDataModule(L.LightningDataModule):
         self.in_distribution_rows = in_distribution_rows
         self.model_name_or_path = model_name_or_path
         self.rounds = rounds
+        self.executor = executor
+        self.ray = ray
         self.round = 1  # the round being trained (checkpointed: see state_dict)
         self.round_started: dict[int, int] = {}  # round -> the global step it started at (rounds after the first)
         self._rows_round = 0
@@ -191,7 +200,12 @@ class SafetyDataModule(L.LightningDataModule):
                 "testbed, and is used only when named."
             )
         prompts = load_prompts(self.prompts)  # validates every row before anything is written
-        self.selfgen = build_selfgen(
+        build = build_selfgen
+        if self.executor == "ray":
+            from thinksafe.data.ray_executor import build_on_ray
+
+            build = partial(build_on_ray, options=self.ray)
+        self.selfgen = build(
             output_dir=self.round_dir(),
             model=model or self._model(),
             prompts=prompts,
