@@ -170,3 +170,30 @@ def test_a_second_generate_on_a_directory_being_written_is_refused(tiny_qwen3, t
     # the lock died with its holder: the same command now reuses the finished set
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "reusing it" in again.stderr, again.stderr[-2000:]
+
+
+def test_an_interrupted_shard_resumes_to_the_same_rows(one_process, two_shards, tiny_qwen3, tmp_path):
+    # what a SIGKILL of rank 1 mid-shard leaves: whole prompts, then a torn line, and no stats.json
+    out = shutil.copytree(two_shards, tmp_path / "set")
+    shard = shard_dir(out, 1, 2)
+    sampled = (shard / "sampled.jsonl").read_bytes().splitlines(keepends=True)
+    (shard / "sampled.jsonl").write_bytes(b"".join(sampled[:3]) + sampled[3][:20])
+    (shard / "samples.jsonl").unlink()
+    (shard / "stats.json").unlink()
+    n = len(load_prompts(str(PROMPTS)))
+    res = _build(shard, tiny_qwen3, indices=shard_indices(n, 3, 1, 2), shard=dict(rank=1, of=2))
+    assert res.resumed and not res.reused
+    merged = tmp_path / "merged"
+    merge_shards(merged, merge_sources([out]))
+    assert (merged / "samples.jsonl").read_bytes() == (one_process / "samples.jsonl").read_bytes()
+
+
+def test_a_waiting_rank_hears_of_a_failed_shard(two_shards, tmp_path):
+    from thinksafe.data.shards import _failure_path, _wait_for_shards
+
+    out = shutil.copytree(two_shards, tmp_path / "set")
+    (shard_dir(out, 1, 2) / "stats.json").unlink()  # unfinished …
+    _failure_path(out, 1, 2).write_text("data.sampler: vLLM could not start the model")  # … because it failed
+    fp = json.loads((shard_dir(out, 0, 2) / "manifest.json").read_text())["fingerprint"]
+    with pytest.raises(UserError, match="failed on rank 1 .*could not start the model.*run the same command again"):
+        _wait_for_shards(out, 2, 1, 2, fp, console=None)

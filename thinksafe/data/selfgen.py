@@ -414,7 +414,15 @@ def _sample_phase(
     mine = list(range(len(prompts))) if indices is None else indices
     log = JsonlLog(out / "sampled.jsonl")
     done = log.recover("prompt_index", lambda _k, rows: len(rows) == n)
+    # resume by whole chunks: the prompts of a chunk cut short are sampled again with the rest of their chunk, so a
+    # sampler that batches by chunk (Transformers, whose padding depends on the batch) sees the batches of an
+    # uninterrupted run, and its samples are the same
+    chunk_of = {i: c for c, part in enumerate(_chunks(mine, chunk_size)) for i in part}
     done_ids = {r["prompt_index"] for r in done}
+    cut = {chunk_of.get(i) for i in mine if i not in done_ids}
+    if any(chunk_of.get(r["prompt_index"]) in cut for r in done):
+        done = log.recover("prompt_index", lambda k, rows: len(rows) == n and chunk_of.get(k) not in cut)
+        done_ids = {r["prompt_index"] for r in done}
     pending = [i for i in mine if i not in done_ids]
     if done_ids:
         console.print(f"resuming: {len(done_ids)} of {len(mine)} prompts already sampled")

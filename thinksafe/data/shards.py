@@ -6,9 +6,10 @@ engine on its own device(s), into ``output_dir/shards/rank_<r>_of_<n>/`` — a s
 shards into the usual artifact in ``output_dir``.
 
 The split is by chunk: chunk ``k`` (prompts ``k*chunk_size`` … ``(k+1)*chunk_size - 1``) goes to shard
-``k % n``, so each engine call holds the very prompts of the one-process run's call (per-sample seeds then give
-the same samples) and the merged ``samples.jsonl``, ``stats.json`` (but its ``seconds``) and the fingerprint equal
-a one-process run's.
+``k % n``, so every chunk (the unit a shard saves and resumes from) is a chunk of the one-process run. Each sample
+has its own seed, so the merged ``samples.jsonl``, ``stats.json`` (but its ``seconds``) and the fingerprint equal
+a one-process run's wherever the engine's numerics do not depend on which other requests share its batch (vLLM on
+CPU, tested; on GPUs as far as a resumed one-process run equals an uninterrupted one).
 
 Nothing waits in a collective while the engines work: a rank that finishes its shard polls the shared file
 system for the other shards' ``stats.json`` (watching their heartbeat files, so a rank that died is noticed),
