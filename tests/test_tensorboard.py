@@ -115,3 +115,19 @@ def test_fit_logs_recipe_hparams_grad_norm_lr_and_data_stats(tiny_qwen3, tmp_pat
     assert "| label | samples | kept | acceptance |" in card and "train/loss_epoch" in card
     meta = yaml.safe_load(card.split("---\n")[1])
     assert meta["library_name"] == "peft"
+
+
+def test_figures_draw_empty_and_partial_inputs():
+    """A set with nothing rejected or kept, and a before/after report with a metric unmeasured, still draw."""
+    from thinksafe.metrics.figures import PANEL_HEIGHT, WIDTH, before_after_figure, data_stage_figure
+
+    empty = data_stage_figure({"per_label": {}, "reject_reasons": {}}, [])
+    assert empty.shape == (3 * PANEL_HEIGHT, WIDTH, 3) and empty.dtype.name == "uint8"
+    report = {
+        "harmful_compliance_rate": {"before": 1.0, "after": 0.05},
+        "reasoning_accuracy": {"before": None, "after": None},
+        "in_distribution_nll": {"before": 0.355, "after": 0.007},
+    }
+    image = before_after_figure(report, list(report))
+    assert image.shape == (2 * PANEL_HEIGHT, WIDTH, 3)  # rates and NLL panels; the unmeasured metric left out
+    assert (image != 255).any()
