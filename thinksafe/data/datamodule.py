@@ -2,9 +2,10 @@
 
 ``prepare_data`` runs the data stage — steered sampling, think-block check, guard — into ``output_dir`` (the
 same code and artifact as ``thinksafe generate``); in a multi-process run ``setup`` runs it on every rank
-instead, each rank on its share of the prompts, and merges the shards (:mod:`thinksafe.data.shards`). ``setup`` renders the kept rows
-through the model's chat template, reasoning kept in the target, loss on response tokens only.
-With ``responses`` set, an existing response set (SafeChain, STAR-1, DirectRefusal) is trained on instead.
+instead, each rank on its share of the prompts, and merges the shards (:mod:`thinksafe.data.shards`).
+``setup`` renders the kept rows through the model's chat template, reasoning kept in the target, loss on
+response tokens only. With ``responses`` set, an existing response set (SafeChain, STAR-1, DirectRefusal, a
+thinksafe set, or a list of them) is trained on instead.
 """
 
 from __future__ import annotations
