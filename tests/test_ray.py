@@ -1,11 +1,15 @@
 """data.executor: ray — `thinksafe generate` on a local Ray cluster with two engine actors builds the same set as
-the local backend, byte for byte, through selfgen's own code path (each actor builds one shard)."""
+the local backend, byte for byte, through selfgen's own code path (each actor builds one shard), and resumes after
+its driver is killed."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +28,7 @@ CHUNK, N, MAX_TOKENS, SEED = 2, 2, 16, 7
 
 
 @pytest.mark.slow
-def test_generate_on_a_two_engine_ray_cluster_equals_the_local_backend(tiny_qwen3, tmp_path):
+def test_generate_on_a_two_engine_ray_cluster_resumes_and_equals_the_local_backend(tiny_qwen3, tmp_path):
     pytest.importorskip("ray.data")
     on_ray = tmp_path / "ray"
     recipe = {
@@ -46,14 +50,25 @@ def test_generate_on_a_two_engine_ray_cluster_equals_the_local_backend(tiny_qwen
     }
     path = tmp_path / "ray.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    done = subprocess.run(
-        [sys.executable, "-m", "thinksafe.cli", "generate", "--recipe", str(path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    command = [sys.executable, "-m", "thinksafe.cli", "generate", "--recipe", str(path)]
+    # the driver (and the local cluster it started) is killed once a shard has rows; the same command resumes
+    first = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
+    shards = [on_ray / "shards" / f"rank_{s}_of_2" for s in (0, 1)]
+    deadline = time.time() + 300
+    while time.time() < deadline and not any((s / "sampled.jsonl").is_file() for s in shards):
+        assert first.poll() is None, "the first run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert not (on_ray / "stats.json").exists()
+    before = {s: (s / "sampled.jsonl").read_bytes() for s in shards if (s / "sampled.jsonl").is_file()}
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
+    for shard, rows in before.items():  # what the killed run wrote in whole prompt groups is kept as it was
+        lines = rows[: rows.rfind(b"\n") + 1].splitlines(keepends=True)
+        assert (shard / "sampled.jsonl").read_bytes().startswith(b"".join(lines[: len(lines) - len(lines) % N]))
     assert "data stage on Ray: 2 shard(s)" in done.stderr
     local = build_selfgen(
         output_dir=tmp_path / "local",
