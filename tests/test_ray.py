@@ -68,7 +68,9 @@ def test_generate_on_a_two_engine_ray_cluster_resumes_and_equals_the_local_backe
     assert done.returncode == 0, done.stderr[-4000:]
     for shard, rows in before.items():  # what the killed run wrote in whole prompt groups is kept as it was
         lines = rows[: rows.rfind(b"\n") + 1].splitlines(keepends=True)
-        assert (shard / "sampled.jsonl").read_bytes().startswith(b"".join(lines[: len(lines) - len(lines) % N]))
+        assert (
+            (shard / "sampled.jsonl").read_bytes().startswith(b"".join(lines[: len(lines) - len(lines) % (CHUNK * N)]))
+        )
     assert "data stage on Ray: 2 shard(s)" in done.stderr
     local = build_selfgen(
         output_dir=tmp_path / "local",
