@@ -96,6 +96,7 @@ def test_unknown_recipe_key_names_the_closest(tmp_path, capsys):
             "`max_epochs` must be a non-negative integer or -1",
         ),  # Lightning's misconfiguration
         ("--data.sampling.n=zero", '"data.sampling.n"'),  # a bad type
+        ("--data.sampler.init_args.max_num_seqs=0", "VLLMSampler: max_num_seqs must be ≥ 1 or null, got 0."),
     ],
 )
 def test_bad_values_exit_2_in_one_paragraph(flag, expected, capsys):

