@@ -1,12 +1,16 @@
 """`thinksafe fit` on two processes as users launch it: Lightning starts rank 1 by re-running the command line,
 or torchrun starts both. Under Lightning's launch the data stage runs too, on both ranks (one vLLM engine each,
-a shard each, merged); under torchrun it is skipped (`data.responses`) and only training is distributed."""
+a shard each, merged), and a rank SIGKILLed mid-stage resumes its shard when the command is run again; under
+torchrun it is skipped (`data.responses`) and only training is distributed."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +51,46 @@ def _fit(tmp_path: Path, *options: str) -> list[str]:
     ]
 
 
+def _processes() -> dict[int, tuple[int, int, str]]:
+    """pid -> (parent pid, session id, state) of every process now (/proc)."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid, _pgrp, sid = stat.read_text().rsplit(")", 1)[1].split()[:4]
+        except (OSError, ValueError):
+            continue  # it ended meanwhile
+        out[int(stat.parent.name)] = (int(ppid), int(sid), state)
+    return out
+
+
+def _rank_process(launcher: int, local_rank: int) -> int | None:
+    """The process Lightning started for ``local_rank``: it runs the command line again, as a child of rank 0,
+    with LOCAL_RANK in its environment."""
+    for pid, (ppid, _sid, _state) in _processes().items():
+        if ppid != launcher:
+            continue
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"LOCAL_RANK={local_rank}".encode() in env:
+            return pid
+    return None
+
+
+def _left_of_job(session: int) -> list[int]:
+    """Live processes of the job started as ``session`` (its ranks, their vLLM engines: each engine leads a process
+    group of its own, but all stay in the session)."""
+    return [pid for pid, (_ppid, sid, state) in _processes().items() if sid == session and state != "Z"]
+
+
+def _lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except OSError:
+        return 0
+
+
 def _check_fit(res: subprocess.CompletedProcess, tmp_path: Path) -> str:
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-3000:]
@@ -65,35 +109,95 @@ def test_fit_under_torchrun(tmp_path):
 
 @pytest.mark.slow
 def test_fit_launched_by_lightning_builds_the_set_on_both_ranks(tiny_qwen3, vllm_sampler, tmp_path, monkeypatch):
+    """Rank 1 is SIGKILLed mid-stage, the job ends, the same command resumes: the merged set equals a one-process
+    run of the recipe byte for byte, and rank 1's shard kept the rows it had written."""
+    from thinksafe.data.prompts import load_prompts
+    from thinksafe.data.shards import shard_indices
+
+    monkeypatch.chdir(ROOT)
+    data = yaml.safe_load((ROOT / "recipes" / "debug.yaml").read_text())["data"]
+    n = data["sampling"]["n"]
+    prompts = load_prompts(data["prompts"])  # as the recipe names it: rows record where they came from
     # two vLLM-CPU engines side by side on this machine: each asks for a small share of the memory; the engine
-    # otherwise as the session's vllm_sampler, which makes the one-process reference below
+    # otherwise as the session's vllm_sampler, which makes the one-process reference below. Every prompt is a
+    # chunk (the unit a shard saves and resumes from), and each engine runs one prompt's samples at a time, so
+    # rank 1's first rows are on disk seconds before its last (with all requests in one batch they all finish
+    # in the same engine step)
+    chunk = 1
     fit = _fit(
         tmp_path,
         f"--model.name_or_path={tiny_qwen3}",
         "--data.sampler.init_args.gpu_memory_utilization=0.05",
         f"--data.sampler.init_args.max_model_len={vllm_sampler.max_model_len}",
+        f"--data.sampler.init_args.max_num_seqs={n}",
+        f"--data.chunk_size={chunk}",
     )
-    res = subprocess.run(fit, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    _check_fit(res, tmp_path)
     out = tmp_path / "selfgen"
+    shard1 = out / "shards" / "rank_1_of_2"
+    mine = len(shard_indices(len(prompts), chunk, 1, 2))
+
+    # rank 1 (its own process, as on a node of its own) is SIGKILLed once its shard has rows but is not finished
+    with open(tmp_path / "killed.log", "wb") as f:
+        job = subprocess.Popen(fit, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        rank1, deadline = None, time.monotonic() + 300
+        while rank1 is None or _lines(shard1 / "sampled.jsonl") < chunk * n:
+            assert job.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "rank 1 wrote no rows in 300 s"
+            if rank1 is None:  # started at fit's start, long before the data stage: no need to scan /proc often
+                rank1 = _rank_process(job.pid, 1)
+                time.sleep(0.2)
+            time.sleep(0.01)
+        os.kill(rank1, signal.SIGKILL)
+        # What the user sees: Lightning's launcher in rank 0 checks its child every 5 s, logs "Child process with
+        # PID … terminated with code -9. Forcefully terminating all other processes to avoid zombies" and
+        # SIGKILLs rank 0; each vLLM engine ends with its parent (PR_SET_PDEATHSIG); the command exits with -9
+        # (a shell says "Killed"). Rank 0 must not be left waiting for a shard that nobody writes any more.
+        try:
+            job.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("rank 0 did not end within 30 s of rank 1's death: " + (tmp_path / "killed.log").read_text())
+        deadline = time.monotonic() + 30
+        while _left_of_job(job.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _left_of_job(job.pid), f"processes of the killed job outlived it: {_left_of_job(job.pid)}"
+    finally:  # whatever of the job is left (the session: vLLM's engines lead process groups of their own)
+        for pid in _left_of_job(job.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    assert job.returncode != 0
+    assert not (shard1 / "stats.json").exists(), "rank 1 finished its shard before it was killed"
+    written = (shard1 / "sampled.jsonl").read_bytes()
+    lines = written[: written.rfind(b"\n") + 1].splitlines(keepends=True)
+    kept = b"".join(lines[: len(lines) - len(lines) % (chunk * n)])  # whole chunks (a torn one is sampled again)
+    sampled = kept.count(b"\n") // n
+    assert 0 < sampled < mine, "killed mid-stage: some of rank 1's prompts sampled, not all"
+
+    res = subprocess.run(fit, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    log = _check_fit(res, tmp_path)
+    # rank 1 resumed its shard: what it had written is kept as it was, only the rest was sampled
+    assert f"resuming: {sampled} of {mine} prompts already sampled" in log, log[-3000:]
+    assert (shard1 / "sampled.jsonl").read_bytes().startswith(kept)
     shards = sorted((out / "shards").glob("rank_*_of_2"))
     assert [s.name for s in shards] == ["rank_0_of_2", "rank_1_of_2"]
     for s in shards:  # both ranks sampled and guarded their share, each with its own engine
         assert (s / "samples.jsonl").read_text().strip() and (s / "vllm.log").is_file()
     # the merged set equals a one-process run of the same recipe, byte for byte
-    from thinksafe.data.prompts import load_prompts
     from thinksafe.data.selfgen import build_selfgen
     from thinksafe.guards import OfflineJudge
     from thinksafe.sampling import SamplingConfig
     from thinksafe.sampling.steering import PAPER_TEMPLATE
 
-    data = yaml.safe_load((ROOT / "recipes" / "debug.yaml").read_text())["data"]
-    monkeypatch.chdir(ROOT)
     one = tmp_path / "one"
     build_selfgen(
         output_dir=one,
         model=str(tiny_qwen3),
-        prompts=load_prompts(data["prompts"]),  # as the recipe names it: rows record where they came from
+        prompts=prompts,
         sampler=vllm_sampler,
         guard=OfflineJudge(),
         sampling=SamplingConfig(**data["sampling"]),
