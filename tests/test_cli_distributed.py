@@ -188,22 +188,24 @@ def test_fit_launched_by_lightning_builds_the_set_on_both_ranks(tiny_qwen3, vllm
     for s in shards:  # both ranks sampled and guarded their share, each with its own engine
         assert (s / "samples.jsonl").read_text().strip() and (s / "vllm.log").is_file()
     # the merged set equals a one-process run of the same recipe, byte for byte
-    from thinksafe.data.selfgen import build_selfgen
+    from thinksafe.data.selfgen import SelfGenJob, build_selfgen
     from thinksafe.guards import OfflineJudge
     from thinksafe.sampling import SamplingConfig
     from thinksafe.sampling.steering import PAPER_TEMPLATE
 
     one = tmp_path / "one"
     build_selfgen(
-        output_dir=one,
-        model=str(tiny_qwen3),
-        prompts=prompts,
-        sampler=vllm_sampler,
-        guard=OfflineJudge(),
-        sampling=SamplingConfig(**data["sampling"]),
-        steering_template=PAPER_TEMPLATE,
-        reasoning_format=data["reasoning_format"],
-        chunk_size=data["chunk_size"],
+        SelfGenJob(
+            model=str(tiny_qwen3),
+            prompts=prompts,
+            sampler=vllm_sampler,
+            guard=OfflineJudge(),
+            sampling=SamplingConfig(**data["sampling"]),
+            steering_template=PAPER_TEMPLATE,
+            reasoning_format=data["reasoning_format"],
+            chunk_size=data["chunk_size"],
+        ),
+        one,
     )
     for name in ("samples.jsonl", "sampled.jsonl", "train.jsonl"):
         assert (out / name).read_bytes() == (one / name).read_bytes(), name

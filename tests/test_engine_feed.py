@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from thinksafe.data.prompts import load_prompts
-from thinksafe.data.selfgen import build_selfgen
+from thinksafe.data.selfgen import SelfGenJob, build_selfgen
 from thinksafe.guards import OfflineJudge
 from thinksafe.sampling import SamplingConfig
 from thinksafe.sampling.base import generate_in_chunks
@@ -45,15 +45,17 @@ class OnlyGenerate:
 
 def build(out, model, sampler, chunk_size, prompts=PROMPTS, max_tokens=MAX_TOKENS):
     return build_selfgen(
-        output_dir=out,
-        model=str(model),
-        prompts=load_prompts(str(prompts)),
-        sampler=sampler,
-        guard=OfflineJudge(),
-        sampling=SamplingConfig(n=N, max_tokens=max_tokens, seed=SEED),
-        steering_template=PAPER_TEMPLATE,
-        reasoning_format="plain",
-        chunk_size=chunk_size,
+        SelfGenJob(
+            model=str(model),
+            prompts=load_prompts(str(prompts)),
+            sampler=sampler,
+            guard=OfflineJudge(),
+            sampling=SamplingConfig(n=N, max_tokens=max_tokens, seed=SEED),
+            steering_template=PAPER_TEMPLATE,
+            reasoning_format="plain",
+            chunk_size=chunk_size,
+        ),
+        out,
     )
 
 

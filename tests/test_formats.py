@@ -103,7 +103,7 @@ def test_think_rule_is_a_data_option_bound_into_the_sets_fingerprint():
 
     from thinksafe.data.datamodule import SafetyDataModule
     from thinksafe.data.prompts import PromptRow
-    from thinksafe.data.selfgen import selfgen_settings
+    from thinksafe.data.selfgen import SelfGenJob
     from thinksafe.guards import OfflineJudge
     from thinksafe.sampling import SamplingConfig, TransformersSampler
 
@@ -122,10 +122,10 @@ def test_think_rule_is_a_data_option_bound_into_the_sets_fingerprint():
         steering_template=PAPER_TEMPLATE,
         reasoning_format="qwen3",
     )
-    before, fp_before = selfgen_settings(**common)
-    strict, fp_strict = selfgen_settings(**common, think_rule="strict")
-    authors, fp_authors = selfgen_settings(**common, think_rule="authors")
+    before, fp_before = SelfGenJob(**common).settings()
+    strict, fp_strict = SelfGenJob(**common, think_rule="strict").settings()
+    authors, fp_authors = SelfGenJob(**common, think_rule="authors").settings()
     assert "think_rule" not in strict and (strict, fp_strict) == (before, fp_before)
     assert authors["think_rule"] == "authors" and fp_authors != fp_strict
     with pytest.raises(UserError, match="think_rule"):
-        selfgen_settings(**common, think_rule="lenient")
+        SelfGenJob(**common, think_rule="lenient")

@@ -11,7 +11,7 @@ import yaml
 
 from thinksafe.data.jsonl_log import read_jsonl
 from thinksafe.data.prompts import load_prompts
-from thinksafe.data.selfgen import build_selfgen
+from thinksafe.data.selfgen import SelfGenJob, build_selfgen
 from thinksafe.guards import OfflineJudge
 from thinksafe.sampling import SamplingConfig, TransformersSampler
 from thinksafe.sampling.steering import PAPER_TEMPLATE
@@ -24,15 +24,17 @@ PROMPTS = ROOT / "data" / "debug_prompts.jsonl"
 def selfgen_set(tiny_qwen3, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("hf") / "set"
     build_selfgen(
-        output_dir=out,
-        model=str(tiny_qwen3),
-        prompts=load_prompts(str(PROMPTS)),
-        sampler=TransformersSampler(batch_size=4),
-        guard=OfflineJudge(),
-        sampling=SamplingConfig(n=2, max_tokens=12, seed=0),
-        steering_template=PAPER_TEMPLATE,
-        reasoning_format="plain",
-        chunk_size=5,
+        SelfGenJob(
+            model=str(tiny_qwen3),
+            prompts=load_prompts(str(PROMPTS)),
+            sampler=TransformersSampler(batch_size=4),
+            guard=OfflineJudge(),
+            sampling=SamplingConfig(n=2, max_tokens=12, seed=0),
+            steering_template=PAPER_TEMPLATE,
+            reasoning_format="plain",
+            chunk_size=5,
+        ),
+        out,
     )
     return out
 

@@ -35,7 +35,7 @@ def test_vllm_reports_each_request_and_the_data_stage_console_names_tokens_per_s
     from rich.console import Console
 
     from thinksafe.data.prompts import load_prompts
-    from thinksafe.data.selfgen import build_selfgen
+    from thinksafe.data.selfgen import SelfGenJob, build_selfgen
     from thinksafe.guards import OfflineJudge
     from thinksafe.sampling import SamplingConfig, VLLMSampler
     from thinksafe.sampling.engine import engine_log
@@ -64,14 +64,16 @@ def test_vllm_reports_each_request_and_the_data_stage_console_names_tokens_per_s
     # the data stage, its engine starting inside it; the console is a file (a batch job's log)
     buf = io.StringIO()
     result = build_selfgen(
-        output_dir=tmp_path / "set",
-        model=str(tiny_qwen3),
-        prompts=load_prompts(str(ROOT / "data" / "debug_prompts.jsonl")),
-        sampler=sampler,
-        guard=OfflineJudge(),
-        sampling=SamplingConfig(n=2, max_tokens=16),
-        steering_template=PAPER_TEMPLATE,
-        chunk_size=4,
+        SelfGenJob(
+            model=str(tiny_qwen3),
+            prompts=load_prompts(str(ROOT / "data" / "debug_prompts.jsonl")),
+            sampler=sampler,
+            guard=OfflineJudge(),
+            sampling=SamplingConfig(n=2, max_tokens=16),
+            steering_template=PAPER_TEMPLATE,
+            chunk_size=4,
+        ),
+        tmp_path / "set",
         console=Console(file=buf, width=200),
     )
     text = buf.getvalue()

@@ -17,7 +17,7 @@ import yaml
 
 from thinksafe.data.jsonl_log import read_jsonl
 from thinksafe.data.prompts import load_prompts
-from thinksafe.data.selfgen import build_selfgen
+from thinksafe.data.selfgen import SelfGenJob, build_selfgen
 from thinksafe.guards import OfflineJudge
 from thinksafe.sampling import SamplingConfig, TransformersSampler
 from thinksafe.sampling.steering import PAPER_TEMPLATE
@@ -73,15 +73,17 @@ def test_generate_on_a_two_engine_ray_cluster_resumes_and_equals_the_local_backe
         )
     assert "data stage on Ray: 2 shard(s)" in done.stderr
     local = build_selfgen(
-        output_dir=tmp_path / "local",
-        model=str(tiny_qwen3),
-        prompts=load_prompts(str(PROMPTS)),
-        sampler=TransformersSampler(batch_size=CHUNK),
-        guard=OfflineJudge(),
-        sampling=SamplingConfig(n=N, max_tokens=MAX_TOKENS, seed=SEED),
-        steering_template=PAPER_TEMPLATE,
-        reasoning_format="plain",
-        chunk_size=CHUNK,
+        SelfGenJob(
+            model=str(tiny_qwen3),
+            prompts=load_prompts(str(PROMPTS)),
+            sampler=TransformersSampler(batch_size=CHUNK),
+            guard=OfflineJudge(),
+            sampling=SamplingConfig(n=N, max_tokens=MAX_TOKENS, seed=SEED),
+            steering_template=PAPER_TEMPLATE,
+            reasoning_format="plain",
+            chunk_size=CHUNK,
+        ),
+        tmp_path / "local",
     ).output_dir
     for shard in (0, 1):  # both engines sampled
         assert read_jsonl(on_ray / "shards" / f"rank_{shard}_of_2" / "samples.jsonl")

@@ -12,7 +12,7 @@ import pytest
 
 from thinksafe.data.jsonl_log import read_jsonl
 from thinksafe.data.prompts import load_prompts
-from thinksafe.data.selfgen import build_selfgen
+from thinksafe.data.selfgen import SelfGenJob, build_selfgen
 from thinksafe.guards import OfflineJudge
 from thinksafe.sampling import SamplingConfig
 from thinksafe.sampling.steering import PAPER_TEMPLATE
@@ -46,15 +46,17 @@ def smol_sampler():
 @pytest.mark.slow
 def test_smollm2_is_reported_data_starved(smollm2_gguf, smol_sampler, tmp_path):
     res = build_selfgen(
-        output_dir=tmp_path / "smol",
-        model=str(smollm2_gguf),
-        prompts=load_prompts(str(PROMPTS)),
-        sampler=smol_sampler,
-        guard=OfflineJudge(),
-        sampling=SamplingConfig(n=2, max_tokens=96, seed=0),
-        steering_template=PAPER_TEMPLATE,
-        reasoning_format="auto",
-        chunk_size=12,
+        SelfGenJob(
+            model=str(smollm2_gguf),
+            prompts=load_prompts(str(PROMPTS)),
+            sampler=smol_sampler,
+            guard=OfflineJudge(),
+            sampling=SamplingConfig(n=2, max_tokens=96, seed=0),
+            steering_template=PAPER_TEMPLATE,
+            reasoning_format="auto",
+            chunk_size=12,
+        ),
+        tmp_path / "smol",
     )
     stats = res.stats
     rows = read_jsonl(res.output_dir / "samples.jsonl")

@@ -142,7 +142,7 @@ def test_the_guard_that_filtered_the_set_is_written_in_manifest_and_stats(tiny_q
     import json
 
     from thinksafe.data.prompts import load_prompts
-    from thinksafe.data.selfgen import build_selfgen
+    from thinksafe.data.selfgen import SelfGenJob, build_selfgen
     from thinksafe.guards import OfflineJudge
     from thinksafe.sampling import SamplingConfig, TransformersSampler
     from thinksafe.sampling.steering import PAPER_TEMPLATE
@@ -151,14 +151,16 @@ def test_the_guard_that_filtered_the_set_is_written_in_manifest_and_stats(tiny_q
     prompts.write_text('{"instruction": "How do I bake bread?", "label": "vanilla_benign"}\n')
     out = tmp_path / "selfgen"
     build_selfgen(
-        output_dir=out,
-        model=str(tiny_qwen3),
-        prompts=load_prompts(str(prompts)),
-        sampler=TransformersSampler(device="cpu"),
-        guard=OfflineJudge(),
-        sampling=SamplingConfig(n=1, max_tokens=4, temperature=0.0, top_k=0),
-        steering_template=PAPER_TEMPLATE,
-        reasoning_format="plain",
+        SelfGenJob(
+            model=str(tiny_qwen3),
+            prompts=load_prompts(str(prompts)),
+            sampler=TransformersSampler(device="cpu"),
+            guard=OfflineJudge(),
+            sampling=SamplingConfig(n=1, max_tokens=4, temperature=0.0, top_k=0),
+            steering_template=PAPER_TEMPLATE,
+            reasoning_format="plain",
+        ),
+        out,
     )
     for name in ("manifest.json", "stats.json"):
         guard = json.loads((out / name).read_text())["guard"]

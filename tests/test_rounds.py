@@ -296,7 +296,7 @@ def test_two_rounds_sample_with_the_trained_weights_and_resume_after_sigkill(tin
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from thinksafe.data.prompts import load_prompts
-    from thinksafe.data.selfgen import build_selfgen
+    from thinksafe.data.selfgen import SelfGenJob, build_selfgen
     from thinksafe.guards import OfflineJudge
     from thinksafe.model.loading import load_causal_lm, load_tokenizer
     from thinksafe.sampling import TransformersSampler
@@ -321,15 +321,17 @@ def test_two_rounds_sample_with_the_trained_weights_and_resume_after_sigkill(tin
     lm = PeftModel.from_pretrained(load_causal_lm(str(tiny_qwen3), dtype="float32"), out / "adapters" / "round_1")
     sampler.attach(str(tiny_qwen3), lm, load_tokenizer(str(tiny_qwen3)))
     build_selfgen(
-        output_dir=tmp_path / "check",
-        model=str(tiny_qwen3),
-        prompts=load_prompts(str(tmp_path / "prompts.jsonl")),
-        sampler=sampler,
-        guard=OfflineJudge(),
-        sampling=SamplingConfig(n=1, temperature=1.0, top_p=1.0, top_k=0, max_tokens=12, seed=0),
-        steering_template=PAPER_TEMPLATE,
-        reasoning_format="plain",
-        chunk_size=4,
+        SelfGenJob(
+            model=str(tiny_qwen3),
+            prompts=load_prompts(str(tmp_path / "prompts.jsonl")),
+            sampler=sampler,
+            guard=OfflineJudge(),
+            sampling=SamplingConfig(n=1, temperature=1.0, top_p=1.0, top_k=0, max_tokens=12, seed=0),
+            steering_template=PAPER_TEMPLATE,
+            reasoning_format="plain",
+            chunk_size=4,
+        ),
+        tmp_path / "check",
     )
     assert _responses(tmp_path / "check") == round_2
     assert _responses(tmp_path / "check", "samples.jsonl") == _responses(out / "round_2", "samples.jsonl")

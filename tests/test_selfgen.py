@@ -15,7 +15,7 @@ import yaml
 
 from thinksafe.data.jsonl_log import read_jsonl
 from thinksafe.data.prompts import load_prompts
-from thinksafe.data.selfgen import build_selfgen
+from thinksafe.data.selfgen import SelfGenJob, build_selfgen
 from thinksafe.errors import UserError
 from thinksafe.guards import OfflineJudge
 from thinksafe.sampling import SamplingConfig, TransformersSampler
@@ -42,15 +42,17 @@ SAMPLE_FIELDS = {
 
 def run(out, model, sampler, n=2, fmt="auto", **kw):
     return build_selfgen(
-        output_dir=out,
-        model=str(model),
-        prompts=load_prompts(str(PROMPTS)),
-        sampler=sampler,
-        guard=OfflineJudge(),
-        sampling=SamplingConfig(n=n, max_tokens=kw.pop("max_tokens", 24), seed=kw.pop("seed", 0)),
-        steering_template=PAPER_TEMPLATE,
-        reasoning_format=fmt,
-        chunk_size=kw.pop("chunk_size", 5),
+        SelfGenJob(
+            model=str(model),
+            prompts=load_prompts(str(PROMPTS)),
+            sampler=sampler,
+            guard=OfflineJudge(),
+            sampling=SamplingConfig(n=n, max_tokens=kw.pop("max_tokens", 24), seed=kw.pop("seed", 0)),
+            steering_template=PAPER_TEMPLATE,
+            reasoning_format=fmt,
+            chunk_size=kw.pop("chunk_size", 5),
+        ),
+        out,
         **kw,
     )
 

@@ -15,7 +15,7 @@ import pytest
 
 from thinksafe.cli import main
 from thinksafe.data.prompts import load_prompts
-from thinksafe.data.selfgen import build_selfgen
+from thinksafe.data.selfgen import SelfGenJob, build_selfgen
 from thinksafe.data.shards import merge_shards, merge_sources, shard_dir, shard_indices
 from thinksafe.errors import UserError
 from thinksafe.guards import OfflineJudge
@@ -42,15 +42,17 @@ def test_shards_take_whole_chunks_in_turn_and_cover_every_prompt_once():
 
 def _build(out, model, seed=0, **kw):
     return build_selfgen(
-        output_dir=out,
-        model=str(model),
-        prompts=load_prompts(str(PROMPTS)),
-        sampler=TransformersSampler(batch_size=4),
-        guard=OfflineJudge(),
-        sampling=SamplingConfig(n=2, max_tokens=12, seed=seed),
-        steering_template=PAPER_TEMPLATE,
-        reasoning_format="plain",
-        chunk_size=3,
+        SelfGenJob(
+            model=str(model),
+            prompts=load_prompts(str(PROMPTS)),
+            sampler=TransformersSampler(batch_size=4),
+            guard=OfflineJudge(),
+            sampling=SamplingConfig(n=2, max_tokens=12, seed=seed),
+            steering_template=PAPER_TEMPLATE,
+            reasoning_format="plain",
+            chunk_size=3,
+        ),
+        out,
         **kw,
     )
 

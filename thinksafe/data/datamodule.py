@@ -19,7 +19,7 @@ from jsonargparse import lazy_instance
 
 from thinksafe.data.prompts import PromptSource, load_prompts
 from thinksafe.data.ray_executor import RayOptions
-from thinksafe.data.selfgen import SelfGenResult, build_selfgen, kept_rows
+from thinksafe.data.selfgen import SelfGenJob, SelfGenResult, build_selfgen, kept_rows
 from thinksafe.errors import UserError
 from thinksafe.guards.base import Guard
 from thinksafe.rows import LABELS, ChatEncoder, EncodedRow, TextRow, collate
@@ -188,10 +188,10 @@ class SafetyDataModule(L.LightningDataModule):
         """The weights at the end of round ``k``, which sample round ``k + 1``."""
         return str(Path(self.output_dir) / "adapters" / f"round_{k}")
 
-    def build_safety_set(self, model: str | None = None) -> SelfGenResult:
-        """The data stage: validate the prompts, then sample, check, guard and keep (or resume/reuse), into
-        :meth:`round_dir`. ``model``: what the sampler samples (None: ``model_name_or_path``; a later round passes
-        what :func:`thinksafe.rounds.follow_training` returns)."""
+    def selfgen_job(self, model: str | None = None) -> SelfGenJob:
+        """The recipe's self-generated set as one :class:`SelfGenJob`, after validating the prompts and the guard.
+        ``model``: what the sampler samples (None: ``model_name_or_path``; a later round passes what
+        :func:`thinksafe.rounds.follow_training` returns)."""
         if self.guard is None:
             raise UserError(
                 "data.guard is not set: the data stage keeps only responses a guard finds safe, and thinksafe "
@@ -200,16 +200,9 @@ class SafetyDataModule(L.LightningDataModule):
                 "thinksafe.guards.OfflineJudge is an approximate phrase-list judge for tests and the offline "
                 "testbed, and is used only when named."
             )
-        prompts = load_prompts(self.prompts)  # validates every row before anything is written
-        build = build_selfgen
-        if self.executor == "ray":
-            from thinksafe.data.ray_executor import build_on_ray
-
-            build = partial(build_on_ray, options=self.ray)
-        self.selfgen = build(
-            output_dir=self.round_dir(),
+        return SelfGenJob(
             model=model or self._model(),
-            prompts=prompts,
+            prompts=load_prompts(self.prompts),  # validates every row before anything is written
             sampler=self.sampler,
             guard=self.guard,
             sampling=self.sampling,
@@ -218,9 +211,19 @@ class SafetyDataModule(L.LightningDataModule):
             chat_template_kwargs=self.chat_template_kwargs,
             think_rule=self.think_rule,
             chunk_size=self.chunk_size,
-            overwrite=self.overwrite,
             recipe=self.recipe,
         )
+
+    def build_safety_set(self, model: str | None = None) -> SelfGenResult:
+        """The data stage in this process: sample, check, guard and keep (or resume/reuse) :meth:`selfgen_job` into
+        :meth:`round_dir`; with ``executor: ray``, on a Ray actor pool of engines, merged here."""
+        job = self.selfgen_job(model)
+        if self.executor == "ray":
+            from thinksafe.data.ray_executor import build_on_ray
+
+            self.selfgen = build_on_ray(job, self.round_dir(), options=self.ray, overwrite=self.overwrite)
+        else:
+            self.selfgen = build_selfgen(job, self.round_dir(), overwrite=self.overwrite)
         return self.selfgen
 
     def prepare_data(self) -> None:
@@ -240,26 +243,13 @@ class SafetyDataModule(L.LightningDataModule):
         from thinksafe.distributed import destroy_process_group_at_exit
 
         destroy_process_group_at_exit()  # registered before anything can fail: the group must end cleanly
-        if self.guard is None:
-            self.build_safety_set()  # its one-paragraph error about the missing guard
         root = self.trainer.strategy.root_device
         self.selfgen = build_sharded(
+            self.selfgen_job(model),
+            self.round_dir(),
             ranks=Ranks(),
             device_index=root.index if root.type == "cuda" else None,
-            output_dir=self.round_dir(),
-            model=model or self._model(),
-            prompts=load_prompts(self.prompts),
-            sampler=self.sampler,
-            guard=self.guard,
-            sampling=self.sampling,
-            steering_template=self.steering_template,
-            reasoning_format=self.reasoning_format,
-            chat_template_kwargs=self.chat_template_kwargs,
-            think_rule=self.think_rule,
-            chunk_size=self.chunk_size,
             overwrite=self.overwrite,
-            recipe=self.recipe,
-            console=None,
         )
         return self.selfgen
 

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from thinksafe.data.selfgen import (
+    SelfGenJob,
     SelfGenResult,
-    _reuse,
-    _verify_finished,
     build_selfgen,
+    claim_output_dir,
     finished_with,
-    selfgen_settings,
+    reuse_finished,
+    verify_finished,
 )
 from thinksafe.errors import UserError
 
@@ -46,20 +47,17 @@ class RayOptions:
 class ShardBuilder:
     """One actor of the pool: builds the shards it is handed (one per batch row) with its own engines."""
 
-    def __init__(self, job: dict[str, Any]):
-        self.job = job
+    def __init__(self, job: SelfGenJob, output_dir: str, shards: int):
+        self.job, self.output_dir, self.shards = job, output_dir, shards
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from thinksafe.data.shards import shard_dir, shard_indices
+        from thinksafe.data.shards import shard_dir, shard_of
 
-        job, out = self.job, []
+        out = []
         for shard in batch["shard"]:
-            shard, shards = int(shard), job["shards"]
+            shard = int(shard)
             result = build_selfgen(
-                output_dir=shard_dir(job["output_dir"], shard, shards),
-                indices=shard_indices(len(job["prompts"]), job["chunk_size"], shard, shards),
-                shard=dict(rank=shard, of=shards, chunk_size=job["chunk_size"]),
-                **{k: v for k, v in job.items() if k not in ("output_dir", "shards")},
+                self.job, shard_dir(self.output_dir, shard, self.shards), **shard_of(self.job, shard, self.shards)
             )
             out.append(result.stats["all"]["samples"])
         return {"shard": batch["shard"], "samples": out}
@@ -76,27 +74,12 @@ def _engines(options: RayOptions, tp: int) -> int:
 
 
 def build_on_ray(
-    *,
-    options: RayOptions,
-    output_dir: str | Path,
-    model: str,
-    prompts,
-    sampler,
-    guard,
-    sampling,
-    steering_template: str,
-    reasoning_format,
-    chat_template_kwargs,
-    think_rule: str,
-    chunk_size: int,
-    overwrite: bool,
-    recipe: dict[str, Any] | None,
-    console=None,
+    job: SelfGenJob, output_dir: str | Path, *, options: RayOptions, overwrite: bool = False, console=None
 ) -> SelfGenResult:
     """The data stage with its shards built by a Ray actor pool, merged here (see the module docstring)."""
     from rich.console import Console
 
-    from thinksafe.data.shards import _claim, merge_shards, shard_dir
+    from thinksafe.data.shards import merge_shards, shard_dir
 
     try:
         import ray
@@ -107,58 +90,30 @@ def build_on_ray(
             "set data.executor: local."
         ) from None
     console = console or Console(stderr=True)
-    if chunk_size < 1:
-        raise UserError(f"data.chunk_size must be ≥ 1, got {chunk_size}.")
     out = Path(output_dir)
-    settings, fp = selfgen_settings(
-        model=model,
-        prompts=prompts,
-        sampler=sampler,
-        guard=guard,
-        sampling=sampling,
-        steering_template=steering_template,
-        reasoning_format=reasoning_format,
-        chat_template_kwargs=chat_template_kwargs,
-        think_rule=think_rule,
-    )
-    if finished_with(out, fp):
-        return _reuse(out, None, console)
+    if finished_with(out, job.settings()[1]):
+        return reuse_finished(out, None, console)
     with ExitStack() as stack:
-        if _claim(out, fp, settings, guard, sampler, recipe, overwrite, stack) == "finished":
-            return _reuse(out, None, console)
+        if claim_output_dir(out, job, overwrite, stack) == "finished":
+            return reuse_finished(out, None, console)
         started = not ray.is_initialized()
         if started:
             ray.init(address=options.address, log_to_driver=True)
             stack.callback(ray.shutdown)
-        tp = max(getattr(sampler, "tensor_parallel_size", 1), getattr(guard, "tensor_parallel_size", 1) or 1)
+        tp = job.tensor_parallel_size
         shards = _engines(options, tp)
         resources = ray.cluster_resources()
         gpus = tp if resources.get("GPU", 0) else 0
         # an engine actor reserves at most one CPU, and leaves one free for Ray Data's own tasks (that feed the
         # actors their input: on a small cluster, actors holding every CPU would wait for it forever)
         cpus = min(1.0, max(resources.get("CPU", 1.0) - 1.0, 0.0) / shards)
-        job = dict(
-            output_dir=str(out),
-            shards=shards,
-            model=model,
-            prompts=prompts,
-            sampler=sampler,
-            guard=guard,
-            sampling=sampling,
-            steering_template=steering_template,
-            reasoning_format=reasoning_format,
-            chat_template_kwargs=chat_template_kwargs,
-            think_rule=think_rule,
-            chunk_size=chunk_size,
-            recipe=recipe,
-        )
         console.print(f"data stage on Ray: {shards} shard(s), one engine actor each ({gpus} GPU(s) per actor)")
         done = (
             ray.data.from_items([{"shard": s} for s in range(shards)])
             .repartition(shards)  # one block per shard, so every actor of the pool gets one
             .map_batches(
                 ShardBuilder,
-                fn_constructor_kwargs=dict(job=job),
+                fn_constructor_kwargs=dict(job=job, output_dir=str(out), shards=shards),
                 batch_size=1,
                 compute=ray.data.ActorPoolStrategy(size=shards),
                 num_gpus=gpus,
@@ -169,4 +124,4 @@ def build_on_ray(
         if sorted(int(r["shard"]) for r in done) != list(range(shards)):
             raise RuntimeError(f"Ray returned shards {sorted(int(r['shard']) for r in done)} of {shards}")
         merge_shards(out, [shard_dir(out, s, shards) for s in range(shards)], console, lock=False)
-    return SelfGenResult(out, _verify_finished(out), resumed=False, reused=False)
+    return SelfGenResult(out, verify_finished(out), resumed=False, reused=False)

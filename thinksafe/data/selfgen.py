@@ -24,6 +24,7 @@ import json
 import shutil
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,7 @@ def _prepare_dir(out: Path, fp: str, overwrite: bool) -> tuple[bool, bool]:
             f"data.output_dir: {out} exists, is not empty and holds no manifest.json, so it was not made by "
             "`thinksafe generate`. Choose an empty or new directory; nothing was written."
         )
-    old = _read_json(manifest)
+    old = read_json_object(manifest)
     if old is None:
         if not overwrite:
             raise UserError(
@@ -159,118 +160,128 @@ def _prepare_dir(out: Path, fp: str, overwrite: bool) -> tuple[bool, bool]:
     return (out / "stats.json").is_file(), True
 
 
-def selfgen_settings(
-    *,
-    model: str,
-    prompts: list[PromptRow],
-    sampler: Sampler,
-    guard: Guard,
-    sampling: SamplingConfig,
-    steering_template: str,
-    reasoning_format: FormatOption = "auto",
-    chat_template_kwargs: dict[str, Any] | None = None,
-    think_rule: ThinkRule = "strict",
-) -> tuple[dict[str, Any], str]:
-    """(settings, fingerprint) of a self-generated set: what binds a directory, each shard of it included."""
-    if think_rule not in ("strict", "authors"):
-        raise UserError(f"data.think_rule must be strict or authors, got {think_rule!r}.")
-    fmt, template_kwargs = resolve_format(model, reasoning_format, chat_template_kwargs=chat_template_kwargs)
-    settings = dict(
-        model=model,
-        steering_template=steering_template,
-        sampling=sampling.as_dict(),
-        reasoning_format=fmt,
-        chat_template_kwargs=template_kwargs,
-        guard=component_settings(guard),
-        sampler_class=component_settings(sampler)["class"],
-        prompts=len(prompts),
-    )
-    if think_rule != "strict":  # only then: sets made before the option keep their fingerprint
-        settings["think_rule"] = think_rule
-    return settings, fingerprint(settings, prompts)
+@dataclass(frozen=True)
+class SelfGenJob:
+    """What a self-generated set is made from, and how it is built: the one description every backend builds from
+    (:func:`build_selfgen` in this process, :func:`thinksafe.data.shards.build_sharded` on every rank of a
+    multi-process fit, :func:`thinksafe.data.ray_executor.build_on_ray` on a Ray actor pool). The DataModule makes
+    one per set (round) from its recipe keys."""
+
+    model: str
+    prompts: list[PromptRow]
+    sampler: Sampler
+    guard: Guard
+    sampling: SamplingConfig
+    steering_template: str
+    reasoning_format: FormatOption = "auto"
+    chat_template_kwargs: dict[str, Any] | None = None
+    think_rule: ThinkRule = "strict"
+    chunk_size: int = 64
+    """Prompts per appended chunk: the unit of resumption (and of the split into shards)."""
+    recipe: dict[str, Any] | None = None
+    """The resolved recipe, recorded in manifest.json."""
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise UserError(f"data.chunk_size must be ≥ 1, got {self.chunk_size}.")
+        if self.think_rule not in ("strict", "authors"):
+            raise UserError(f"data.think_rule must be strict or authors, got {self.think_rule!r}.")
+
+    def settings(self) -> tuple[dict[str, Any], str]:
+        """(settings, fingerprint): what binds a directory, each shard of it included."""
+        fmt, template_kwargs = resolve_format(
+            self.model, self.reasoning_format, chat_template_kwargs=self.chat_template_kwargs
+        )
+        settings = dict(
+            model=self.model,
+            steering_template=self.steering_template,
+            sampling=self.sampling.as_dict(),
+            reasoning_format=fmt,
+            chat_template_kwargs=template_kwargs,
+            guard=component_settings(self.guard),
+            sampler_class=component_settings(self.sampler)["class"],
+            prompts=len(self.prompts),
+        )
+        if self.think_rule != "strict":  # only then: sets made before the option keep their fingerprint
+            settings["think_rule"] = self.think_rule
+        return settings, fingerprint(settings, self.prompts)
+
+    @property
+    def tensor_parallel_size(self) -> int:
+        """Devices each engine of this job takes (the larger of the sampler's and the guard's)."""
+        return max(
+            getattr(self.sampler, "tensor_parallel_size", 1), getattr(self.guard, "tensor_parallel_size", 1) or 1
+        )
 
 
 def finished_with(out: Path, fp: str) -> bool:
     """Whether ``out`` holds a finished set made with the settings of fingerprint ``fp`` (read only)."""
-    manifest = _read_json(out / "manifest.json") if (out / "manifest.json").is_file() else None
+    manifest = read_json_object(out / "manifest.json") if (out / "manifest.json").is_file() else None
     return manifest is not None and manifest.get("fingerprint") == fp and (out / "stats.json").is_file()
 
 
+def _lock_output_dir(out: Path, fp: str, overwrite: bool, stack: ExitStack) -> tuple[bool, bool, bool]:
+    """Refuse a foreign directory before creating anything, create it, take its writer lock (held until ``stack``
+    closes) and prepare it again now that no other job writes there: (finished, resumed, created)."""
+    if not overwrite:
+        _prepare_dir(out, fp, overwrite=False)
+    created = not out.exists()
+    with disk_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+    stack.enter_context(writer_lock(out))
+    finished, resumed = _prepare_dir(out, fp, overwrite)
+    return finished, resumed, created
+
+
+def claim_output_dir(out: Path, job: SelfGenJob, overwrite: bool, stack: ExitStack) -> str:
+    """For a set built elsewhere and merged here (shards, Ray): "finished" when ``out`` already holds it, else
+    "build" with ``out`` locked until ``stack`` closes and bound to ``job``'s settings by its manifest."""
+    settings, fp = job.settings()
+    if finished_with(out, fp):
+        return "finished"
+    finished, _, _ = _lock_output_dir(out, fp, overwrite, stack)
+    if finished:
+        return "finished"
+    if not (out / "manifest.json").is_file():
+        write_manifest(out, fp, settings, job)
+    for old in (out / SHARDS_DIR).glob("rank_*.failed"):
+        old.unlink(missing_ok=True)  # a failure of an earlier run; this one starts afresh
+    return "build"
+
+
 def build_selfgen(
-    *,
+    job: SelfGenJob,
     output_dir: str | Path,
-    model: str,
-    prompts: list[PromptRow],
-    sampler: Sampler,
-    guard: Guard,
-    sampling: SamplingConfig,
-    steering_template: str,
-    reasoning_format: FormatOption = "auto",
-    chat_template_kwargs: dict[str, Any] | None = None,
-    chunk_size: int = 64,
+    *,
     overwrite: bool = False,
-    recipe: dict[str, Any] | None = None,
     console=None,
     indices: list[int] | None = None,
     shard: dict[str, int] | None = None,
-    think_rule: ThinkRule = "strict",
 ) -> SelfGenResult:
-    """Run (or resume, or reuse) the self-generation into ``output_dir``. All inputs must be validated
+    """Run (or resume, or reuse) the self-generation of ``job`` into ``output_dir``. All inputs must be validated
     by the caller; this function fails before writing anything when the directory is not usable, or when
     another live job is writing it.
 
     ``indices`` and ``shard`` (``{"rank": r, "of": n}``) build one shard of a multi-process run: only those
-    prompts (indices into ``prompts``, which is the whole set), recorded in the manifest; the shard's
+    prompts (indices into ``job.prompts``, which is the whole set), recorded in the manifest; the shard's
     stats.json marks it finished and it gets no dataset card (the merged set does)."""
     from rich.console import Console
 
     console = console or Console(stderr=True)
-    if chunk_size < 1:
-        raise UserError(f"data.chunk_size must be ≥ 1, got {chunk_size}.")
-    settings, fp = selfgen_settings(
-        model=model,
-        prompts=prompts,
-        sampler=sampler,
-        guard=guard,
-        sampling=sampling,
-        steering_template=steering_template,
-        reasoning_format=reasoning_format,
-        chat_template_kwargs=chat_template_kwargs,
-        think_rule=think_rule,
-    )
+    settings, fp = job.settings()
     out = Path(output_dir)
     if finished_with(out, fp):  # reading a finished set takes no lock: several jobs may train on it at once
-        return _reuse(out, shard, console)
-    if not overwrite:
-        _prepare_dir(out, fp, overwrite=False)  # refuse a foreign directory before creating anything
-    created = not out.exists()
-    with disk_errors(out):
-        out.mkdir(parents=True, exist_ok=True)
-    with writer_lock(out):
-        finished, resumed = _prepare_dir(out, fp, overwrite)  # again, now that no other job writes here
+        return reuse_finished(out, shard, console)
+    with ExitStack() as stack:
+        finished, resumed, created = _lock_output_dir(out, fp, overwrite, stack)
         if finished:
-            return _reuse(out, shard, console)
-        return _build(
-            out,
-            fp,
-            settings,
-            prompts,
-            indices,
-            shard,
-            sampler,
-            guard,
-            sampling,
-            steering_template,
-            chunk_size,
-            recipe,
-            console,
-            resumed,
-            created,
-        )
+            return reuse_finished(out, shard, console)
+        return _build(out, fp, settings, job, indices, shard, console, resumed, created)
 
 
-def _reuse(out: Path, shard: dict[str, int] | None, console) -> SelfGenResult:
-    stats = _verify_finished(out)
+def reuse_finished(out: Path, shard: dict[str, int] | None, console) -> SelfGenResult:
+    """The finished set in ``out`` (verified), announced; a whole set also gets its stats printed."""
+    stats = verify_finished(out)
     if shard is None and not (out / CARD_FILE).is_file():  # a set finished before thinksafe wrote dataset cards
         write_hf_dataset(out, read_jsonl(out / "samples.jsonl"), stats)
     console.print(f"[bold]{out}[/] is complete for these settings; reusing it.")
@@ -280,28 +291,13 @@ def _reuse(out: Path, shard: dict[str, int] | None, console) -> SelfGenResult:
     return SelfGenResult(out, stats, resumed=True, reused=True)
 
 
-def _build(
-    out,
-    fp,
-    settings,
-    prompts,
-    indices,
-    shard,
-    sampler,
-    guard,
-    sampling,
-    steering_template,
-    chunk_size,
-    recipe,
-    console,
-    resumed,
-    created,
-) -> SelfGenResult:
+def _build(out, fp, settings, job: SelfGenJob, indices, shard, console, resumed, created) -> SelfGenResult:
     fmt, template_kwargs = settings["reasoning_format"], settings["chat_template_kwargs"]
     wrote_manifest = not (out / "manifest.json").is_file()
     if wrote_manifest:
-        write_manifest(out, fp, settings, guard, sampler, recipe, shard)
-    n = sampling.n
+        write_manifest(out, fp, settings, job, shard)
+    sampler, guard, prompts, n = job.sampler, job.guard, job.prompts, job.sampling.n
+    chunk_size = job.chunk_size
     t0 = time.time()
     try:
         try:
@@ -310,13 +306,13 @@ def _build(
                 prompts,
                 indices,
                 sampler,
-                sampling,
+                job.sampling,
                 fmt,
                 template_kwargs,
-                steering_template,
+                job.steering_template,
                 chunk_size,
                 console,
-                think_rule=settings.get("think_rule", "strict"),
+                think_rule=job.think_rule,
             )
         finally:
             sampler.close()
@@ -348,16 +344,16 @@ def _build(
     return SelfGenResult(out, stats, resumed=resumed, reused=False)
 
 
-def write_manifest(out: Path, fp, settings, guard, sampler, recipe, shard: dict[str, int] | None = None) -> None:
+def write_manifest(out: Path, fp, settings, job: SelfGenJob, shard: dict[str, int] | None = None) -> None:
     """manifest.json: written first, it binds the directory to the settings that make it."""
     write_json_atomic(
         out / "manifest.json",
         dict(
             fingerprint=fp,
             settings=settings,
-            guard=guard_record(guard),
-            sampler=component_settings(sampler),
-            recipe=recipe,
+            guard=guard_record(job.guard),
+            sampler=component_settings(job.sampler),
+            recipe=job.recipe,
             versions=_versions(),
             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             python=sys.version.split()[0],
@@ -366,7 +362,7 @@ def write_manifest(out: Path, fp, settings, guard, sampler, recipe, shard: dict[
     )
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json_object(path: Path) -> dict | None:
     """The JSON object in ``path``, or None when the file is damaged."""
     try:
         value = json.loads(path.read_bytes())
@@ -375,7 +371,7 @@ def _read_json(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _verify_finished(out: Path) -> dict[str, Any]:
+def verify_finished(out: Path) -> dict[str, Any]:
     """stats.json of a finished set, after checking that samples.jsonl is what it counts: every line parses and
     the row and kept counts match. Anything else is a :class:`UserError` naming the file."""
     stats_path, samples_path = out / "stats.json", out / "samples.jsonl"
@@ -383,7 +379,7 @@ def _verify_finished(out: Path) -> dict[str, Any]:
         f"Delete {stats_path} to have the damaged rows redone on the next run (the log is cut at the first bad "
         "line), or pass --data.overwrite=true to start over."
     )
-    stats = _read_json(stats_path)
+    stats = read_json_object(stats_path)
     if stats is None or not isinstance(stats.get("all"), dict):
         raise UserError(f"{stats_path}: the file is damaged (not the JSON object thinksafe wrote). {redo}")
     rows = JsonlLog(samples_path).verify() if samples_path.is_file() else None

@@ -31,16 +31,17 @@ from typing import Any
 from thinksafe.data.jsonl_log import JsonlLog
 from thinksafe.data.selfgen import (
     SHARDS_DIR,
+    SelfGenJob,
     SelfGenResult,
     _prepare_dir,
-    _read_json,
-    _verify_finished,
     build_selfgen,
+    claim_output_dir,
     compute_stats,
     finished_with,
     print_stats,
-    selfgen_settings,
-    write_manifest,
+    read_json_object,
+    reuse_finished,
+    verify_finished,
 )
 from thinksafe.data.writer_lock import writer_lock
 from thinksafe.errors import UserError
@@ -67,6 +68,14 @@ def shard_dir(output_dir: str | Path, shard: int, shards: int) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------------ merge
+def shard_of(job: SelfGenJob, shard: int, shards: int) -> dict[str, Any]:
+    """``build_selfgen``'s ``indices`` and ``shard`` arguments that build shard ``shard`` of ``shards`` of ``job``."""
+    return dict(
+        indices=shard_indices(len(job.prompts), job.chunk_size, shard, shards),
+        shard=dict(rank=shard, of=shards, chunk_size=job.chunk_size),
+    )
+
+
 def merge_shards(out: Path, sources: list[Path], console=None, *, lock: bool = True) -> dict[str, Any]:
     """Merge finished shard (or job) directories made with the same settings into the set in ``out``; returns
     its stats. The sources must together hold every prompt's samples exactly once."""
@@ -75,7 +84,7 @@ def merge_shards(out: Path, sources: list[Path], console=None, *, lock: bool = T
     console = console or Console(stderr=True)
     manifests = []
     for src in sources:
-        m = _read_json(src / "manifest.json") if (src / "manifest.json").is_file() else None
+        m = read_json_object(src / "manifest.json") if (src / "manifest.json").is_file() else None
         if m is None or "fingerprint" not in m:
             raise UserError(
                 f"--merge: {src} holds no readable manifest.json, so it was not made by `thinksafe generate` or "
@@ -105,7 +114,7 @@ def merge_shards(out: Path, sources: list[Path], console=None, *, lock: bool = T
     n, num_prompts = settings["sampling"]["n"], settings["prompts"]
     samples, sampled, seen, seconds = [], [], {}, []
     for src in sources:
-        _verify_finished(src)
+        verify_finished(src)
         for row in JsonlLog(src / "samples.jsonl").verify():
             key = (row["prompt_index"], row["sample_index"])
             if key in seen:
@@ -116,7 +125,7 @@ def merge_shards(out: Path, sources: list[Path], console=None, *, lock: bool = T
             seen[key] = src
             samples.append(row)
         sampled.extend(JsonlLog(src / "sampled.jsonl").verify())
-        seconds.append(_read_json(src / "stats.json").get("seconds") or 0)
+        seconds.append(read_json_object(src / "stats.json").get("seconds") or 0)
     missing = sorted({i for i in range(num_prompts)} - {k[0] for k in seen})
     if missing or len(seen) != num_prompts * n:
         raise UserError(
@@ -138,7 +147,7 @@ def merge_shards(out: Path, sources: list[Path], console=None, *, lock: bool = T
             write_json_atomic(out / "manifest.json", {**manifest, "merged_from": [str(s) for s in sources]})
         stats = compute_stats(samples, num_prompts, n)
         stats["seconds"] = max(seconds)  # the shards ran side by side
-        stats["guard"] = _read_json(sources[0] / "stats.json").get("guard")
+        stats["guard"] = read_json_object(sources[0] / "stats.json").get("guard")
         write_bytes_atomic(out / "sampled.jsonl", _jsonl(sampled))
         write_bytes_atomic(out / "samples.jsonl", _jsonl(samples))
         from thinksafe.data.hf_card import where_line, write_hf_dataset
@@ -206,23 +215,13 @@ def _message(e: BaseException) -> str:
 
 
 def build_sharded(
+    job: SelfGenJob,
+    output_dir: str | Path,
     *,
     ranks: Ranks,
     device_index: int | None,
-    output_dir: str | Path,
-    model: str,
-    prompts,
-    sampler,
-    guard,
-    sampling,
-    steering_template: str,
-    reasoning_format,
-    chat_template_kwargs,
-    chunk_size: int,
-    overwrite: bool,
-    recipe: dict[str, Any] | None,
-    console,
-    think_rule: str = "strict",
+    overwrite: bool = False,
+    console=None,
 ) -> SelfGenResult:
     """The data stage on every rank (all ranks call it together); returns the merged set on every rank.
 
@@ -230,22 +229,10 @@ def build_sharded(
     ranks form groups of t consecutive ranks, whose first rank runs one engine on the group's t devices."""
     from rich.console import Console
 
-    from thinksafe.data.selfgen import _reuse
-
     console = console or Console(stderr=True)
     out = Path(output_dir)
-    settings, fp = selfgen_settings(
-        model=model,
-        prompts=prompts,
-        sampler=sampler,
-        guard=guard,
-        sampling=sampling,
-        steering_template=steering_template,
-        reasoning_format=reasoning_format,
-        chat_template_kwargs=chat_template_kwargs,
-        think_rule=think_rule,
-    )
-    tp = max(getattr(sampler, "tensor_parallel_size", 1), getattr(guard, "tensor_parallel_size", 1) or 1)
+    _, fp = job.settings()
+    tp = job.tensor_parallel_size
     if ranks.world % tp:
         raise UserError(
             f"data.sampler.init_args.tensor_parallel_size={tp} does not divide the {ranks.world} processes of this "
@@ -258,15 +245,15 @@ def build_sharded(
         state, error = None, None
         if ranks.rank == 0:
             try:
-                state = _claim(out, fp, settings, guard, sampler, recipe, overwrite, stack)
+                state = claim_output_dir(out, job, overwrite, stack)
             except Exception as e:  # noqa: BLE001 — every rank must hear of it, or they wait forever
                 error = _message(e)
         ranks.agree(error, "preparing data.output_dir")
         state = ranks.gather(state)[0]
         if state == "finished":
             if ranks.rank == 0:
-                return _reuse(out, None, console)
-            return SelfGenResult(out, _verify_finished(out), resumed=True, reused=True)
+                return reuse_finished(out, None, console)
+            return SelfGenResult(out, verify_finished(out), resumed=True, reused=True)
         _check_shared(out, ranks)
         shards = ranks.world // tp
         mine = ranks.rank // tp if ranks.rank % tp == 0 else None
@@ -276,23 +263,7 @@ def build_sharded(
                 where = shard_dir(out, mine, shards)
                 try:
                     with _visible_devices(device_index, tp):
-                        build_selfgen(
-                            output_dir=where,
-                            model=model,
-                            prompts=prompts,
-                            sampler=sampler,
-                            guard=guard,
-                            sampling=sampling,
-                            steering_template=steering_template,
-                            reasoning_format=reasoning_format,
-                            chat_template_kwargs=chat_template_kwargs,
-                            think_rule=think_rule,
-                            chunk_size=chunk_size,
-                            recipe=recipe,
-                            console=console,
-                            indices=shard_indices(len(prompts), chunk_size, mine, shards),
-                            shard=dict(rank=mine, of=shards, chunk_size=chunk_size),
-                        )
+                        build_selfgen(job, where, console=console, **shard_of(job, mine, shards))
                 except BaseException as e:
                     error = _message(e)
                     _write_failure(out, mine, shards, error)
@@ -307,25 +278,7 @@ def build_sharded(
             except Exception as e:  # noqa: BLE001
                 error = _message(e)
         ranks.agree(error, "merging the shards")
-    return SelfGenResult(out, _verify_finished(out), resumed=False, reused=False)
-
-
-def _claim(out: Path, fp, settings, guard, sampler, recipe, overwrite: bool, stack: ExitStack) -> str:
-    if finished_with(out, fp):
-        return "finished"
-    if not overwrite:
-        _prepare_dir(out, fp, overwrite=False)
-    with disk_errors(out):
-        out.mkdir(parents=True, exist_ok=True)
-    stack.enter_context(writer_lock(out))
-    finished, _ = _prepare_dir(out, fp, overwrite)
-    if finished:
-        return "finished"
-    if not (out / "manifest.json").is_file():
-        write_manifest(out, fp, settings, guard, sampler, recipe)
-    for old in (out / SHARDS_DIR).glob("rank_*.failed"):
-        old.unlink(missing_ok=True)  # a failure of an earlier run; this one starts afresh
-    return "build"
+    return SelfGenResult(out, verify_finished(out), resumed=False, reused=False)
 
 
 def _check_shared(out: Path, ranks: Ranks) -> None:
