@@ -199,3 +199,71 @@ def test_a_waiting_rank_hears_of_a_failed_shard(two_shards, tmp_path):
     fp = json.loads((shard_dir(out, 0, 2) / "manifest.json").read_text())["fingerprint"]
     with pytest.raises(UserError, match="failed on rank 1 .*could not start the model.*run the same command again"):
         _wait_for_shards(out, 2, 1, 2, fp, console=None)
+
+
+# ------------------------------------------------------------------------------------------ a dead rank
+BEATING = """
+import sys, time
+from pathlib import Path
+from thinksafe.data import shards
+shards.HEARTBEAT_EVERY_S = 0.5
+with shards._heartbeat(Path(sys.argv[1]), 1, 2, sys.argv[2]):
+    time.sleep(600)  # building its shard
+"""
+
+
+def _beating_rank(out: Path, run: str) -> subprocess.Popen:
+    """A real process that beats as rank 1 of 2 of ``run`` (what a rank does while its engine works)."""
+    from thinksafe.data.shards import _alive_path
+
+    rank = subprocess.Popen([sys.executable, "-c", BEATING, str(out), run], cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while run not in (_alive_path(out, 1, 2).read_text() if _alive_path(out, 1, 2).exists() else ""):
+        assert rank.poll() is None and time.monotonic() < deadline, "the rank never beat"
+        time.sleep(0.05)
+    return rank
+
+
+@pytest.mark.slow
+def test_a_waiting_rank_notices_a_dead_or_hung_rank_within_the_limit(two_shards, tmp_path):
+    import threading
+
+    from thinksafe.data.shards import POLL_EVERY_S, STALE_AFTER_S, _wait_for_shards
+
+    out = shutil.copytree(two_shards, tmp_path / "set")
+    (shard_dir(out, 1, 2) / "stats.json").unlink()  # rank 1's shard is unfinished: rank 0 waits for it
+    fp = json.loads((shard_dir(out, 0, 2) / "manifest.json").read_text())["fingerprint"]
+    resume = "run the same command again to resume every shard"
+
+    # SIGKILLed while rank 0 waits (default limit, 90 s): its pid is gone, so rank 0 stops within a poll or two
+    rank = _beating_rank(out, "run-1")
+    killed = []
+    threading.Timer(1.0, lambda: (rank.kill(), killed.append(time.monotonic()))).start()
+    with pytest.raises(UserError) as e:
+        _wait_for_shards(out, 2, 1, 2, fp, console=None, run="run-1")
+    took = time.monotonic() - killed[0]
+    rank.wait()
+    assert took < 2 * POLL_EVERY_S + 1 < STALE_AFTER_S, took
+    message = str(e.value)
+    assert f"rank 1 (pid {rank.pid} on " in message and "died while building its shard" in message
+    assert str(shard_dir(out, 1, 2)) in message and resume in message and "\n" not in message
+
+    # the dead rank's heartbeat file belongs to that run: a later run does not take it for its own rank 1's death,
+    # but a rank that never beats is called silent after the limit
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match="has not changed for 2 s .*never started") as e:
+        _wait_for_shards(out, 2, 1, 2, fp, console=None, run="run-2", stale_after_s=2)
+    assert 2 <= time.monotonic() - t0 < 2 + 2 * POLL_EVERY_S + 1 and "died while building" not in str(e.value)
+
+    # a hung rank (stopped: alive, but its heartbeat no longer changes) is called silent after the limit
+    rank = _beating_rank(out, "run-3")
+    try:
+        time.sleep(1.2)  # beating twice a second: not silent
+        rank.send_signal(signal.SIGSTOP)
+        t0 = time.monotonic()
+        with pytest.raises(UserError, match=rf"rank 1 \(pid {rank.pid} on .*has not changed for 3 s") as e:
+            _wait_for_shards(out, 2, 1, 2, fp, console=None, run="run-3", stale_after_s=3)
+        assert 3 <= time.monotonic() - t0 < 3 + 2 * POLL_EVERY_S + 1 and resume in str(e.value)
+    finally:
+        rank.kill()
+        rank.wait()

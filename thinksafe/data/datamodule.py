@@ -76,6 +76,7 @@ class SafetyDataModule(L.LightningDataModule):
             "ray" (a Ray actor pool of engines, one shard each, merged here: :mod:`thinksafe.data.ray_executor`;
             the optional ``ray`` extra).
         ray: with ``executor: ray``: the cluster's address and how many engines (see ``RayOptions``).
+        heartbeat_timeout_s: in a multi-process data stage, a rank silent this long is taken as dead (None: 90 s).
     """
 
     def __init__(
@@ -105,6 +106,7 @@ class SafetyDataModule(L.LightningDataModule):
         rounds: int = 1,
         executor: Literal["local", "ray"] = "local",
         ray: RayOptions = RayOptions(),
+        heartbeat_timeout_s: float | None = None,
     ):
         super().__init__()
         if rounds < 1:
@@ -161,6 +163,7 @@ class SafetyDataModule(L.LightningDataModule):
         self.rounds = rounds
         self.executor = executor
         self.ray = ray
+        self.heartbeat_timeout_s = heartbeat_timeout_s
         self.round = 1  # the round being trained (checkpointed: see state_dict)
         self.round_started: dict[int, int] = {}  # round -> the global step it started at (rounds after the first)
         self._rows_round = 0
@@ -250,6 +253,7 @@ class SafetyDataModule(L.LightningDataModule):
             ranks=Ranks(),
             device_index=root.index if root.type == "cuda" else None,
             overwrite=self.overwrite,
+            heartbeat_timeout_s=self.heartbeat_timeout_s,
         )
         return self.selfgen
 

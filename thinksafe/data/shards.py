@@ -47,10 +47,14 @@ from thinksafe.data.writer_lock import writer_lock
 from thinksafe.errors import UserError
 from thinksafe.files import disk_errors, write_bytes_atomic, write_json_atomic
 
-HEARTBEAT = ".alive"
-#: A shard whose heartbeat file has not changed for this long (this rank's clock) belongs to a dead rank.
-STALE_AFTER_S = 600.0
-HEARTBEAT_EVERY_S = 20.0
+HEARTBEAT_EVERY_S = 10.0
+#: A shard whose heartbeat file has not changed for this long (this rank's clock) belongs to a dead or hung rank
+#: (``data.heartbeat_timeout_s`` overrides it). Three missed beats, so a rank whose beat thread is slowed by a busy
+#: CPU is not called dead, plus 60 s: an NFS client may serve a file's attributes and contents from its cache for
+#: up to ``acregmax`` (60 s by default; longer only where a mount sets ``actimeo``/``nocto``), so a live rank on
+#: another node can look silent that long. A rank on this host whose process is gone is noticed at once instead
+#: (its pid is in the heartbeat).
+STALE_AFTER_S = 3 * HEARTBEAT_EVERY_S + 60.0
 POLL_EVERY_S = 2.0
 
 
@@ -222,14 +226,22 @@ def build_sharded(
     device_index: int | None,
     overwrite: bool = False,
     console=None,
+    heartbeat_timeout_s: float | None = None,
 ) -> SelfGenResult:
     """The data stage on every rank (all ranks call it together); returns the merged set on every rank.
 
     ``device_index``: this rank's accelerator (None on CPUs); with ``tensor_parallel_size`` t > 1 in the sampler,
-    ranks form groups of t consecutive ranks, whose first rank runs one engine on the group's t devices."""
+    ranks form groups of t consecutive ranks, whose first rank runs one engine on the group's t devices.
+    ``heartbeat_timeout_s``: a rank whose heartbeat has not changed for this long is taken as dead (None:
+    ``STALE_AFTER_S``)."""
     from rich.console import Console
 
     console = console or Console(stderr=True)
+    if heartbeat_timeout_s is not None and not heartbeat_timeout_s >= 2 * HEARTBEAT_EVERY_S:
+        raise UserError(
+            f"data.heartbeat_timeout_s must be at least {2 * HEARTBEAT_EVERY_S:.0f} s (two heartbeats; null: "
+            f"{STALE_AFTER_S:.0f} s), got {heartbeat_timeout_s}: a shorter limit calls live ranks dead."
+        )
     out = Path(output_dir)
     _, fp = job.settings()
     tp = job.tensor_parallel_size
@@ -255,9 +267,10 @@ def build_sharded(
                 return reuse_finished(out, None, console)
             return SelfGenResult(out, verify_finished(out), resumed=True, reused=True)
         _check_shared(out, ranks)
+        run = ranks.gather(uuid.uuid4().hex)[0]  # names this run's heartbeats: an earlier run's are stale
         shards = ranks.world // tp
         mine = ranks.rank // tp if ranks.rank % tp == 0 else None
-        with _heartbeat(out, ranks.rank, ranks.world):
+        with _heartbeat(out, ranks.rank, ranks.world, run):
             error = None
             if mine is not None:
                 where = shard_dir(out, mine, shards)
@@ -269,7 +282,7 @@ def build_sharded(
                     _write_failure(out, mine, shards, error)
                     raise
             # the long wait happens here, outside any collective: shards finish hours apart on large sets
-            _wait_for_shards(out, shards, tp, ranks.world, fp, console)
+            _wait_for_shards(out, shards, tp, ranks.world, fp, console, run=run, stale_after_s=heartbeat_timeout_s)
         ranks.gather(None)  # everyone is here within a poll interval
         error = None
         if ranks.rank == 0:
@@ -326,17 +339,62 @@ def _alive_path(out: Path, rank: int, world: int) -> Path:
     return out / SHARDS_DIR / f".alive_rank_{rank}_of_{world}"
 
 
+def _pid_space() -> str:
+    """What makes two processes' pids comparable: the same host name, kernel boot and pid namespace (two containers
+    on one host, or two hosts of one name, are different spaces, so a pid is never looked up in the wrong one)."""
+    parts = [socket.gethostname()]
+    for read in (
+        lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+        lambda: os.readlink("/proc/self/ns/pid"),
+    ):
+        try:
+            parts.append(read())
+        except OSError:
+            pass
+    return "|".join(parts)
+
+
+def _started(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks since boot (/proc), so a reused pid is not taken for it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _process_gone(pid: int, started: str | None) -> bool:
+    """Whether process ``pid`` (of this pid space) has ended: no such process, a zombie, or another process that
+    reuses its pid."""
+    if Path("/proc/self/stat").is_file():
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        return state in ("Z", "X") or (started is not None and _started(pid) != started)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return False
+
+
 @contextmanager
-def _heartbeat(out: Path, rank: int, world: int):
-    """Touch this rank's heartbeat file while the block runs, so the others can tell a slow rank from a dead
-    one (a thread: the engine call it runs beside can take hours)."""
+def _heartbeat(out: Path, rank: int, world: int, run: str):
+    """Rewrite this rank's heartbeat file every ``HEARTBEAT_EVERY_S`` while the block runs, so the others can tell a
+    slow rank from a dead one (a thread: the engine call it runs beside can take hours). The file names this run
+    (a heartbeat left by an earlier run is not this rank's), the process and where it runs, and counts the beats."""
     path = _alive_path(out, rank, world)
     stop = threading.Event()
+    me = dict(run=run, host=socket.gethostname(), space=_pid_space(), pid=os.getpid(), started=_started(os.getpid()))
 
     def beat() -> None:
+        n = 0
         while True:
+            n += 1
             try:
-                path.write_text(f"{time.time()}\n")
+                path.write_text(json.dumps({**me, "beat": n}) + "\n")
             except OSError:
                 pass
             if stop.wait(HEARTBEAT_EVERY_S):
@@ -362,9 +420,28 @@ def _write_failure(out: Path, shard: int, shards: int, message: str) -> None:
         pass
 
 
-def _wait_for_shards(out: Path, shards: int, tp: int, world: int, fp: str, console) -> None:
-    last: dict[int, tuple[float | None, float]] = {}
+def _wait_for_shards(
+    out: Path,
+    shards: int,
+    tp: int,
+    world: int,
+    fp: str,
+    console,
+    *,
+    run: str | None = None,
+    stale_after_s: float | None = None,
+) -> None:
+    """Poll until every shard is finished; raise when one failed, or when the rank building it died (its process is
+    gone, seen at once on this host) or went silent (its heartbeat of this ``run`` unchanged for ``stale_after_s``,
+    default ``STALE_AFTER_S``, on this rank's clock: clocks of other nodes are never compared)."""
+    limit = STALE_AFTER_S if stale_after_s is None else stale_after_s
+    here = _pid_space()
+    last: dict[int, tuple[str | None, float]] = {}
     said = False
+    resume = (
+        "Its finished chunks and the other shards are kept: run the same command again to resume every shard where "
+        "it stopped (with this or any other number of processes)."
+    )
     while True:
         pending = []
         for s in range(shards):
@@ -375,31 +452,48 @@ def _wait_for_shards(out: Path, shards: int, tp: int, world: int, fp: str, conso
                     f"the data stage failed on rank {s * tp} (shard {d}): {failed} — the other shards are kept; "
                     "fix the cause and run the same command again to resume."
                 )
-            if not finished_with(d, fp):
-                pending.append(s)
-                alive = _alive_path(out, s * tp, world)
-                try:
-                    mtime: float | None = alive.stat().st_mtime
-                except OSError:
-                    mtime = None
-                seen, since = last.get(s, (None, time.monotonic()))
-                if mtime != seen:
-                    last[s] = (mtime, time.monotonic())
-                elif time.monotonic() - since > STALE_AFTER_S:
-                    raise UserError(
-                        f"the data stage: rank {s * tp} stopped working on its shard {d} (its heartbeat file "
-                        f"{alive} has not changed for {STALE_AFTER_S / 60:.0f} minutes; the process died or hangs). "
-                        "Finished rows are kept: run the same command again to resume every shard where it stopped."
-                    )
+            if finished_with(d, fp):
+                continue
+            pending.append(s)
+            alive = _alive_path(out, s * tp, world)
+            text = _read(alive)
+            beat = _parse_beat(text)
+            if beat is not None and run is not None and beat.get("run") != run:
+                text, beat = None, None  # an earlier run's: this rank has not beaten yet
+            if beat is not None and beat.get("space") == here and _process_gone(beat["pid"], beat.get("started")):
+                raise UserError(
+                    f"the data stage: rank {s * tp} (pid {beat['pid']} on {beat.get('host')}) died while building "
+                    f"its shard {d}, which is unfinished (killed, or out of memory: see the system log, e.g. "
+                    f"`dmesg`). {resume}"
+                )
+            seen, since = last.get(s, (None, time.monotonic()))
+            if s not in last or text != seen:
+                last[s] = (text, time.monotonic())
+            elif time.monotonic() - since > limit:
+                where = f" (pid {beat['pid']} on {beat.get('host')})" if beat else ""
+                raise UserError(
+                    f"the data stage: rank {s * tp}{where} stopped working on its shard {d}: its heartbeat file "
+                    f"{alive} has not changed for {limit:.0f} s (data.heartbeat_timeout_s), so the process died on "
+                    f"another node, hangs, or never started. {resume} If that rank is only slow to write to a "
+                    "shared file system that caches for longer, raise data.heartbeat_timeout_s."
+                )
         if not pending:
             return
-        if not said:
+        if not said and console is not None:
             console.print(
                 f"this rank's shard is done; waiting for shard(s) {', '.join(map(str, pending))} of {shards} "
                 f"(in {out / SHARDS_DIR})"
             )
             said = True
         time.sleep(POLL_EVERY_S)
+
+
+def _parse_beat(text: str | None) -> dict[str, Any] | None:
+    try:
+        beat = json.loads(text) if text else None
+    except ValueError:  # caught mid-write
+        return None
+    return beat if isinstance(beat, dict) and isinstance(beat.get("pid"), int) else None
 
 
 @contextmanager
