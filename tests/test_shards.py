@@ -40,21 +40,21 @@ def test_shards_take_whole_chunks_in_turn_and_cover_every_prompt_once():
                 assert chunk[0] % cs == 0 and chunk == list(range(chunk[0], min(chunk[0] + cs, n)))
 
 
-def _build(out, model, seed=0, **kw):
-    return build_selfgen(
-        SelfGenJob(
-            model=str(model),
-            prompts=load_prompts(str(PROMPTS)),
-            sampler=TransformersSampler(batch_size=4),
-            guard=OfflineJudge(),
-            sampling=SamplingConfig(n=2, max_tokens=12, seed=seed),
-            steering_template=PAPER_TEMPLATE,
-            reasoning_format="plain",
-            chunk_size=3,
-        ),
-        out,
-        **kw,
+def _job(model, seed=0) -> SelfGenJob:
+    return SelfGenJob(
+        model=str(model),
+        prompts=load_prompts(str(PROMPTS)),
+        sampler=TransformersSampler(batch_size=4),
+        guard=OfflineJudge(),
+        sampling=SamplingConfig(n=2, max_tokens=12, seed=seed),
+        steering_template=PAPER_TEMPLATE,
+        reasoning_format="plain",
+        chunk_size=3,
     )
+
+
+def _build(out, model, seed=0, **kw):
+    return build_selfgen(_job(model, seed), out, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -267,3 +267,61 @@ def test_a_waiting_rank_notices_a_dead_or_hung_rank_within_the_limit(two_shards,
     finally:
         rank.kill()
         rank.wait()
+
+
+# ------------------------------------------------------------------- resuming with another number of processes
+def _cut(log: Path, lines: int) -> None:
+    """What a SIGKILL leaves: the first ``lines`` rows, then a torn one."""
+    rows = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(rows[:lines]) + rows[lines][:15])
+
+
+def _same_set(out: Path, reference: Path) -> None:
+    for name in ("samples.jsonl", "sampled.jsonl", "train.jsonl"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    assert _stats(out) == _stats(reference)
+
+
+def test_a_restart_with_another_number_of_processes_keeps_every_whole_chunk(one_process, tiny_qwen3, tmp_path):
+    import io
+    from contextlib import ExitStack
+
+    from rich.console import Console
+
+    from thinksafe.data.selfgen import claim_output_dir
+    from thinksafe.data.shards import build_here, fold_other_layouts, shard_of
+
+    job = _job(tiny_qwen3)  # 12 prompts, chunks of 3, 2 samples each: chunk k has 6 rows
+    # 2 processes -> 1: rank 0 finished its shard (chunks 0 and 2), rank 1 was killed after its first chunk (1) and
+    # a torn row of the next
+    out = tmp_path / "two_then_one"
+    with ExitStack() as stack:
+        assert claim_output_dir(out, job, False, stack) == "build"  # what rank 0 does first
+        for s in range(2):
+            build_selfgen(job, shard_dir(out, s, 2), **shard_of(job, s, 2))
+    shard1 = shard_dir(out, 1, 2)
+    _cut(shard1 / "sampled.jsonl", 6)
+    for name in ("samples.jsonl", "stats.json"):
+        (shard1 / name).unlink()
+    log = io.StringIO()
+    res = build_here(job, out, console=Console(file=log, width=200))
+    said = log.getvalue()
+    assert "3 whole chunk(s) of 3 prompts already sampled moved" in said, said
+    assert "resuming: 9 of 12 prompts already sampled" in said, said  # only chunk 3 is sampled
+    assert not res.reused
+    _same_set(out, one_process)
+
+    # 1 process -> 2: the one-process run was killed after two chunks; each new shard starts with its chunk
+    out = shutil.copytree(one_process, tmp_path / "one_then_two")
+    for name in ("samples.jsonl", "stats.json", "train.jsonl", "README.md"):
+        (out / name).unlink(missing_ok=True)
+    _cut(out / "sampled.jsonl", 12)
+    log = io.StringIO()
+    console = Console(file=log, width=200)
+    assert fold_other_layouts(out, job, 2, console) == 2  # what rank 0 does before the ranks build their shards
+    assert fold_other_layouts(out, job, 2, console) == 0  # once: the shards hold them now
+    for s in range(2):
+        build_selfgen(job, shard_dir(out, s, 2), console=console, **shard_of(job, s, 2))
+    assert log.getvalue().count("resuming: 3 of 6 prompts already sampled") == 2, log.getvalue()
+    merge_shards(out, merge_sources([out]), console)
+    _same_set(out, one_process)

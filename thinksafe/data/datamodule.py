@@ -19,7 +19,7 @@ from jsonargparse import lazy_instance
 
 from thinksafe.data.prompts import PromptSource, load_prompts
 from thinksafe.data.ray_executor import RayOptions
-from thinksafe.data.selfgen import SelfGenJob, SelfGenResult, build_selfgen, kept_rows
+from thinksafe.data.selfgen import SelfGenJob, SelfGenResult, kept_rows
 from thinksafe.errors import UserError
 from thinksafe.guards.base import Guard
 from thinksafe.rows import LABELS, ChatEncoder, EncodedRow, TextRow, collate
@@ -226,7 +226,9 @@ class SafetyDataModule(L.LightningDataModule):
 
             self.selfgen = build_on_ray(job, self.round_dir(), options=self.ray, overwrite=self.overwrite)
         else:
-            self.selfgen = build_selfgen(job, self.round_dir(), overwrite=self.overwrite)
+            from thinksafe.data.shards import build_here  # resumes a multi-process run's shards too
+
+            self.selfgen = build_here(job, self.round_dir(), overwrite=self.overwrite)
         return self.selfgen
 
     def prepare_data(self) -> None:

@@ -42,10 +42,11 @@ from thinksafe.data.selfgen import (
     read_json_object,
     reuse_finished,
     verify_finished,
+    write_manifest,
 )
 from thinksafe.data.writer_lock import writer_lock
 from thinksafe.errors import UserError
-from thinksafe.files import disk_errors, write_bytes_atomic, write_json_atomic
+from thinksafe.files import disk_errors, fsync_dir, temp_path, write_bytes_atomic, write_json_atomic
 
 HEARTBEAT_EVERY_S = 10.0
 #: A shard whose heartbeat file has not changed for this long (this rank's clock) belongs to a dead or hung rank
@@ -180,11 +181,168 @@ def merge_sources(paths: list[str | Path]) -> list[Path]:
             by_split: dict[int, list[Path]] = {}
             for s in shards:
                 by_split.setdefault(int(s.name.rsplit("_", 1)[1]), []).append(s)
-            split = max(by_split)
+            # the largest split whose shards are all there and finished, else the largest (merge names what lacks)
+            whole = [k for k, ds in by_split.items() if len(ds) == k and all((d / "stats.json").is_file() for d in ds)]
+            split = max(whole or by_split)
             out.extend(sorted(by_split[split], key=lambda s: int(s.name.split("_")[1])))
         else:
             out.append(p)
     return out
+
+
+# ------------------------------------------------------------------------- resuming with another layout
+def _layouts(out: Path) -> dict[int, list[Path]]:
+    """The shard directories in ``out``, by the number of shards of their split."""
+    by: dict[int, list[Path]] = {}
+    for d in sorted((out / SHARDS_DIR).glob("rank_*_of_*")) if (out / SHARDS_DIR).is_dir() else []:
+        parts = d.name.split("_")
+        if d.is_dir() and len(parts) == 4 and parts[1].isdigit() and parts[3].isdigit():
+            by.setdefault(int(parts[3]), []).append(d)
+    return by
+
+
+def _whole_chunks(path: Path, chunk_size: int, num_prompts: int, n: int) -> dict[int, list[tuple[int, int]]]:
+    """The chunks of which ``path`` (a sampled.jsonl or samples.jsonl) holds every prompt's ``n`` rows, each as the
+    byte ranges of its lines in file order. Reading stops at the first line that does not parse (a torn write)."""
+    lines: dict[int, list[tuple[int, int]]] = {}
+    samples: dict[int, set[int]] = {}
+    count: dict[int, int] = {}
+    try:
+        f = open(path, "rb")
+    except OSError:
+        return {}
+    with f:
+        offset = 0
+        for line in f:
+            try:
+                row = json.loads(line) if line.endswith(b"\n") else None
+            except ValueError:
+                row = None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt_index"), int):
+                break
+            i = row["prompt_index"]
+            lines.setdefault(i // chunk_size, []).append((offset, len(line)))
+            samples.setdefault(i, set()).add(row.get("sample_index"))
+            count[i] = count.get(i, 0) + 1
+            offset += len(line)
+    whole = lambda i: count.get(i) == n and samples[i] == set(range(n))  # noqa: E731
+    return {
+        k: ranges
+        for k, ranges in lines.items()
+        if all(whole(i) for i in range(k * chunk_size, min((k + 1) * chunk_size, num_prompts)))
+    }
+
+
+def _copy_ranges(dest: Path, parts: list[tuple[Path, list[tuple[int, int]]]]) -> None:
+    """Write ``dest`` atomically from byte ranges of other files, streamed (a large set's log need not fit in
+    memory)."""
+    with disk_errors(dest):
+        tmp = temp_path(dest)
+        try:
+            with open(tmp, "wb") as f:
+                for src, ranges in parts:
+                    with open(src, "rb") as g:
+                        for start, length in ranges:
+                            g.seek(start)
+                            f.write(g.read(length))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        fsync_dir(dest.parent)
+
+
+def fold_other_layouts(out: Path, job: SelfGenJob, shards: int, console) -> int:
+    """Before ``shards`` shards of ``job`` are built in ``out`` (locked by the caller), give each the whole chunks
+    already sampled for its prompts by another layout — a run with another number of processes (its shards), or
+    the one-process run in ``out`` itself — with their guard verdicts where a whole chunk has them, so a restart
+    with another number of processes redoes nothing that was done. A chunk is the unit: every layout splits the
+    prompts by the same chunks (:func:`shard_indices`), so a chunk moved into a shard is one its own run would have
+    sampled in the same engine call; a chunk only partly done is sampled again. Sources are used only when made
+    with the same settings and, where recorded, the same chunk_size (a sampler that batches by chunk gives other
+    samples for other chunks). The sources are left as they are. Returns the number of chunks moved."""
+    settings, fp = job.settings()
+    num_prompts, cs, n = len(job.prompts), job.chunk_size, job.sampling.n
+    sources = [d for k, ds in sorted(_layouts(out).items()) if k != shards for d in ds] + [out]
+    sampled: dict[int, tuple[Path, list[tuple[int, int]]]] = {}  # chunk -> (the log holding it, its lines)
+    for src in sources:
+        m = read_json_object(src / "manifest.json") if (src / "manifest.json").is_file() else None
+        if m is None or m.get("fingerprint") != fp:
+            continue
+        made_with = (m.get("shard") or {}).get("chunk_size") if src != out else _recipe_chunk_size(m)
+        if made_with is None and src != out:
+            continue  # a shard of a version that did not record its chunk_size: its chunks cannot be checked
+        if made_with is not None and made_with != cs:
+            continue
+        for k, ranges in _whole_chunks(src / "sampled.jsonl", cs, num_prompts, n).items():
+            sampled.setdefault(k, (src / "sampled.jsonl", ranges))
+    if not sampled:
+        return 0
+    verdicts_in: dict[Path, dict[int, list[tuple[int, int]]]] = {}  # source -> its guarded whole chunks
+
+    def verdicts_of(src: Path) -> dict[int, list[tuple[int, int]]]:
+        if src not in verdicts_in:
+            verdicts_in[src] = _whole_chunks(src / "samples.jsonl", cs, num_prompts, n)
+        return verdicts_in[src]
+
+    moved = 0
+    for s in range(shards):
+        target = shard_dir(out, s, shards)
+        if finished_with(target, fp):
+            continue
+        own = _whole_chunks(target / "sampled.jsonl", cs, num_prompts, n)
+        chunks = sorted({i // cs for i in shard_indices(num_prompts, cs, s, shards)})
+        incoming = [k for k in chunks if k not in own and k in sampled]
+        if not incoming:
+            continue
+        keep = [k for k in chunks if k in own or k in sampled]
+        rows = [(target / "sampled.jsonl", own[k]) if k in own else sampled[k] for k in keep]
+        verdicts = []  # a chunk's verdicts come with its sampled rows, from the same directory
+        for k, (src, _) in zip(keep, rows):
+            ranges = verdicts_of(src.parent).get(k)
+            if ranges:
+                verdicts.append((src.parent / "samples.jsonl", ranges))
+        with disk_errors(target):
+            target.mkdir(parents=True, exist_ok=True)
+        if not (target / "manifest.json").is_file():
+            write_manifest(target, fp, settings, job, shard_of(job, s, shards)["shard"])
+        # sampled rows first: killed in between, the shard has rows without verdicts, which its guard phase redoes
+        _copy_ranges(target / "sampled.jsonl", rows)
+        _copy_ranges(target / "samples.jsonl", verdicts)
+        moved += len(incoming)
+    if moved:
+        console.print(
+            f"resuming with {shards} process(es) where a run with another number stopped: {moved} whole chunk(s) of "
+            f"{cs} prompts already sampled moved into the new shards (nothing is sampled twice)"
+        )
+    return moved
+
+
+def _recipe_chunk_size(manifest: dict) -> int | None:
+    data = (manifest.get("recipe") or {}).get("data") if isinstance(manifest.get("recipe"), dict) else None
+    value = data.get("chunk_size") if isinstance(data, dict) else None
+    return value if isinstance(value, int) else None
+
+
+def build_here(job: SelfGenJob, output_dir: str | Path, *, overwrite: bool = False, console=None) -> SelfGenResult:
+    """The data stage in this one process: :func:`build_selfgen`, unless ``output_dir`` holds the unfinished shards
+    of a multi-process run; then their whole chunks go into one shard (``shards/rank_0_of_1``), which this process
+    finishes and merges, so nothing they sampled is sampled again."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    out = Path(output_dir)
+    _, fp = job.settings()
+    if finished_with(out, fp) or not _layouts(out):
+        return build_selfgen(job, out, overwrite=overwrite, console=console)
+    with ExitStack() as stack:
+        if claim_output_dir(out, job, overwrite, stack) == "finished":
+            return build_selfgen(job, out, console=console)  # finished meanwhile: reused
+        fold_other_layouts(out, job, 1, console)
+        build_selfgen(job, shard_dir(out, 0, 1), console=console, **shard_of(job, 0, 1))
+        merge_shards(out, [shard_dir(out, 0, 1)], console, lock=False)
+    return SelfGenResult(out, verify_finished(out), resumed=True, reused=False)
 
 
 # ------------------------------------------------------------------------------------------- every rank's work
@@ -255,9 +413,12 @@ def build_sharded(
         # rank 0 checks the directory and holds its writer lock for the whole stage (its shards' too: they are
         # inside it); its verdict reaches every rank before anyone writes
         state, error = None, None
+        shards = ranks.world // tp
         if ranks.rank == 0:
             try:
                 state = claim_output_dir(out, job, overwrite, stack)
+                if state == "build":  # a run with another number of processes stopped here: keep what it did
+                    fold_other_layouts(out, job, shards, console)
             except Exception as e:  # noqa: BLE001 — every rank must hear of it, or they wait forever
                 error = _message(e)
         ranks.agree(error, "preparing data.output_dir")
@@ -268,7 +429,6 @@ def build_sharded(
             return SelfGenResult(out, verify_finished(out), resumed=True, reused=True)
         _check_shared(out, ranks)
         run = ranks.gather(uuid.uuid4().hex)[0]  # names this run's heartbeats: an earlier run's are stale
-        shards = ranks.world // tp
         mine = ranks.rank // tp if ranks.rank % tp == 0 else None
         with _heartbeat(out, ranks.rank, ranks.world, run):
             error = None
