@@ -1,5 +1,6 @@
 """ThinkSafeModule: the loss mix, real CPU fits on the tiny model (LoRA and full), TensorBoard output, the saved
-adapter, checkpoint resume, and 2-process DDP / FSDP2 runs (this file doubles as their script, see the bottom)."""
+adapter, checkpoint resume, and 2-process DDP / FSDP2 runs of the `thinksafe fit` command as users launch it
+(Lightning starting rank 1, or torchrun), read back from the adapter and checkpoints the command writes."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from lightning.pytorch.callbacks import Callback
 
 from thinksafe.model.adapters import FullFineTune, LoRA
@@ -495,97 +497,160 @@ def test_bf16_true_keeps_float32_master_weights(tiny_qwen3, tmp_path):
     assert {str(v.dtype) for v in saved["bf16-true"].values()} == {"torch.float32"}
 
 
-@pytest.mark.slow
-def test_fsdp2_bf16_true_keeps_float32_master_weights(tiny_qwen3, tmp_path):
-    """The same under 2-process FSDP2 on the CPU (gloo): the LoRA matrices shard as their own float32 groups."""
-    updates = {}
-    for precision in ("32-true", "bf16-true"):
-        out = tmp_path / precision
-        proc = subprocess.run(
-            [sys.executable, __file__, "fsdp2", str(out), str(tiny_qwen3), precision],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            cwd=Path(__file__).parents[1],
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        updates[precision] = torch.load(out / "update.pt")
-    assert updates["bf16-true"]["dtypes"] == ["torch.float32"]
-    assert updates["bf16-true"]["state_dtypes"] == ["torch.float32"]
-    assert_same_update(updates["bf16-true"]["update"], updates["32-true"]["update"])
+# ------------------------------------------------- two processes: the `thinksafe fit` command, as users launch it
+BIN = Path(sys.executable).parent
+FSDP2 = {  # as the README's Scaling section gives it
+    "class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+    "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1},
+}
+
+
+# the state after the last step (at the epoch's end: 8 rows, 2 a rank per step, make 2 steps an epoch)
+LAST = {"class_path": "thinksafe.model.ResumableCheckpoint", "init_args": {"every_n_train_steps": 0}}
+# step 1's state only: with monitor step and mode min, no later step is written
+FIRST = {
+    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+    "init_args": {"filename": "first", "every_n_train_steps": 1, "monitor": "step", "mode": "min", "save_top_k": 1},
+}
+
+
+def two_process_fit(
+    root: Path,
+    model_dir: Path,
+    strategy: str | dict,
+    checkpoint: dict,
+    *,
+    max_steps: int,
+    torchrun: bool = False,
+    precision: str = "32-true",
+    **model,
+) -> Path:
+    """``thinksafe fit --trainer.devices=2`` on the CPU (gloo), on ROWS as ``data.responses`` (no sampling), with a
+    recipe written to ``root`` (``model``: the module's settings; the ``checkpoint`` callback writes to
+    ``root/checkpoints``). Lightning starts rank 1 by running the command again, or ``torchrun`` starts both.
+    Returns the run directory, where rank 0 wrote the adapter."""
+    root.mkdir(parents=True)
+    responses = root / "responses.jsonl"
+    responses.write_text(
+        "".join(json.dumps(dict(instruction=p, response=r, label=label)) + "\n" for p, r, label in ROWS)
+    )
+    recipe = {
+        "seed_everything": 0,
+        "model": {
+            "name_or_path": str(model_dir),
+            "adapter": {"class_path": "thinksafe.model.LoRA", "init_args": {"r": 4, "alpha": 8, "dropout": 0.0}},
+            **model,
+        },
+        "data": {
+            "responses": str(responses),
+            "output_dir": str(root / "selfgen"),
+            "max_length": 256,
+            "batch_size": 2,
+            "in_distribution_rows": 0,
+        },
+        "trainer": {
+            "strategy": strategy,
+            "default_root_dir": str(root / "run"),
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "callbacks": [
+                {**checkpoint, "init_args": {**checkpoint["init_args"], "dirpath": str(root / "checkpoints")}}
+            ],
+        },
+    }
+    (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    fit = [
+        str(BIN / "thinksafe"),
+        "fit",
+        "--recipe",
+        str(root / "recipe.yaml"),
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        f"--trainer.precision={precision}",
+        f"--trainer.max_steps={max_steps}",
+    ]
+    if torchrun:
+        fit = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", *fit]
+    proc = subprocess.run(fit, capture_output=True, text=True, timeout=600, cwd=root)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log and f"`max_steps={max_steps}` reached" in log, log[-3000:]
+    (run,) = (root / "run").glob("lightning_logs/version_*")  # one run directory: rank 1 makes none
+    return run
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A Lightning checkpoint: one file (DDP), or FSDP2's torch.distributed.checkpoint directory, a file per rank
+    (read back whole, in this one process)."""
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=False)
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    whole = path.with_name(path.name + ".pt")
+    dcp_to_torch_save(path, whole)
+    return {**torch.load(path / "meta.pt", weights_only=False), **torch.load(whole, weights_only=False)}
+
+
+def lora_weights(state_dict: dict) -> dict[str, torch.Tensor]:
+    """The LoRA matrices of the module's state dict, named as in the saved adapter (peft leaves out the adapter's
+    name, ``default``; the module holds the peft model as ``model``)."""
+    return {k.removeprefix("model.").replace(".default.", "."): v for k, v in state_dict.items() if ".lora_" in k}
+
+
+def adamw_state_dtypes(checkpoint: dict) -> set[str]:
+    """The dtypes of AdamW's moments in a checkpoint read by :func:`read_checkpoint` from FSDP2's directory."""
+    states = checkpoint["optimizer_0"]["state"].values()
+    return {str(v.dtype) for state in states for k, v in state.items() if k in ("exp_avg", "exp_avg_sq")}
 
 
 @pytest.mark.slow
 def test_two_process_ddp_and_fsdp2_train_the_same_adapter(tiny_qwen3, tmp_path):
-    """DDP and ModelParallelStrategy (FSDP2 per decoder layer + root) on 2 CPU processes: each rank ends with the
-    same adapter, rank 0 writes it once, and both strategies compute the same update."""
+    """`thinksafe fit --trainer.devices=2` with DDP and with FSDP2 (ModelParallelStrategy: fully_shard per decoder
+    layer, then the root), Lightning starting rank 1; lr 1e-2, KL 0.5, 2 steps. Rank 0 writes the adapter, once,
+    and both strategies write the same one. Both ranks hold it: under FSDP2 each rank writes its own shard of the
+    weights to the checkpoint (a file per rank), and the whole matrices read back from the two files equal the
+    adapter; DDP's adapter (rank 0's replica) equals FSDP2's, whose update averages both ranks' gradients, so
+    DDP's all-reduce ran, and rank 1 (the same start, broadcast by DDP, the same averaged gradients) holds the same
+    weights."""
     from safetensors.torch import load_file
 
     written = {}
-    for strategy in ("ddp", "fsdp2"):
-        out = tmp_path / strategy
-        proc = subprocess.run(
-            [sys.executable, __file__, strategy, str(out), str(tiny_qwen3)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=Path(__file__).parents[1],
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
-        assert ranks[0]["sums"] == ranks[1]["sums"] and ranks[0]["sums"]
-        written[strategy] = load_file(Path(ranks[0]["log_dir"]) / "adapter" / "adapter_model.safetensors")
+    for name, strategy in (("ddp", "ddp"), ("fsdp2", FSDP2)):
+        run = two_process_fit(tmp_path / name, tiny_qwen3, strategy, LAST, max_steps=2, lr=1e-2, kl_weight=0.5)
+        written[name] = load_file(run / "adapter" / "adapter_model.safetensors")
+        last = tmp_path / name / "checkpoints" / "last.ckpt"
+        if name == "fsdp2":
+            assert sorted(p.name for p in last.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+        checkpoint = read_checkpoint(last)
+        assert checkpoint["global_step"] == 2
+        saved = lora_weights(checkpoint["state_dict"])
+        assert saved.keys() == written[name].keys() and saved, name
+        for key, value in saved.items():
+            torch.testing.assert_close(value, written[name][key], rtol=0, atol=0)
     assert written["ddp"].keys() == written["fsdp2"].keys()
     for key, value in written["ddp"].items():
         torch.testing.assert_close(written["fsdp2"][key], value)
 
 
-def _distributed_fit(strategy_name: str, out: str, model_dir: str, precision: str | None = None) -> None:
-    """Run by test_two_process_ddp_and_fsdp2_train_the_same_adapter (no precision: lr 1e-2, KL 0.5, 2 steps) and
-    test_fsdp2_bf16_true_keeps_float32_master_weights (lr 1e-5, 20 steps, this precision; writes the update);
-    Lightning re-launches it for rank 1."""
-    import lightning as L
-    from lightning.pytorch.strategies import ModelParallelStrategy
+@pytest.mark.slow
+def test_fsdp2_bf16_true_keeps_float32_master_weights(tiny_qwen3, tmp_path):
+    """The same as test_bf16_true_keeps_float32_master_weights under 2-process FSDP2, `thinksafe fit` started by
+    torchrun: the LoRA matrices shard as their own float32 groups. The adapter written at the end, and the weights
+    and AdamW state of the step-1 checkpoint, are float32; the update from step 1 to step 20 (the adapter minus
+    the checkpoint's weights) equals the 32-true run's."""
+    from safetensors.torch import load_file
 
-    strategy = (
-        ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1, save_distributed_checkpoint=False)
-        if strategy_name == "fsdp2"
-        else "ddp"
-    )
-    L.seed_everything(0)
-    if precision is None:
-        module = ThinkSafeModule(model_dir, adapter=lora(), kl_weight=0.5, lr=1e-2)
-    else:
-        module = ThinkSafeModule(model_dir, adapter=lora(), lr=1e-5, warmup_ratio=0.0)
-    probe = AdapterUpdate()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy=strategy,
-        max_steps=2 if precision is None else 20,
-        precision=precision or "32-true",
-        default_root_dir=out,
-        callbacks=[probe],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
-    trainer.fit(module, loader(model_dir, batch_size=2))
-    if precision is not None:
-        if trainer.global_rank == 0:
-            torch.save(
-                {"update": probe.update(), "dtypes": sorted(probe.dtypes), "state_dtypes": sorted(probe.state_dtypes)},
-                Path(out) / "update.pt",
-            )
-        return
-    sums = {}
-    for name, p in module.model.named_parameters():
-        if p.requires_grad:
-            full = p.full_tensor() if hasattr(p, "full_tensor") else p
-            sums[name] = float(full.detach().sum())
-    result = {"rank": trainer.global_rank, "sums": sums, "log_dir": trainer.log_dir}
-    (Path(out) / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
-
-
-if __name__ == "__main__":
-    _distributed_fit(*sys.argv[1:5])
+    updates = {}
+    for precision in ("32-true", "bf16-true"):
+        root = tmp_path / precision
+        run = two_process_fit(
+            root, tiny_qwen3, FSDP2, FIRST, torchrun=True, precision=precision, max_steps=20, lr=1e-5, warmup_ratio=0.0
+        )
+        first = read_checkpoint(root / "checkpoints" / "first.ckpt")
+        assert first["global_step"] == 1
+        start, end = lora_weights(first["state_dict"]), load_file(run / "adapter" / "adapter_model.safetensors")
+        assert start.keys() == end.keys() and start
+        dtypes = {str(v.dtype) for v in [*start.values(), *end.values()]}
+        assert dtypes == {"torch.float32"} and adamw_state_dtypes(first) == {"torch.float32"}, precision
+        updates[precision] = torch.cat([(end[k] - start[k]).flatten() for k in sorted(end)])
+    assert_same_update(updates["bf16-true"], updates["32-true"])
