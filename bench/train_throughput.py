@@ -383,6 +383,26 @@ def materialised_loss(module, batch: dict):
     return loss * batch["loss_scale"] if "loss_scale" in batch else loss
 
 
+def in_turns(epochs: dict, repeats: int, extra=None) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    """Run each variant's epoch (``epochs``: name → a function running one epoch and returning train_epoch's
+    dict) in turns, ``repeats`` times: a change of the machine's load during the run then weighs on every variant
+    alike instead of on whichever ran at that moment. Returns (each variant's median epoch by tokens/s, with every
+    epoch's tokens/s in ``tokens_per_s_runs``; every epoch of each variant). ``extra(r)``: more of the line each
+    epoch prints."""
+    runs: dict[str, list[dict]] = {name: [] for name in epochs}
+    for repeat in range(repeats):
+        for name, epoch in epochs.items():
+            r = epoch()
+            runs[name].append(r)
+            more = extra(r) if extra else ""
+            print(f"  {name} ({repeat + 1}/{repeats}): {r['tokens_per_s']:.0f} tokens/s{more}", flush=True)
+    medians = {}
+    for name, rs in runs.items():
+        ordered = sorted(rs, key=lambda r: r["tokens_per_s"])
+        medians[name] = dict(ordered[len(ordered) // 2], tokens_per_s_runs=[r["tokens_per_s"] for r in rs])
+    return medians, runs
+
+
 def compare_head_loss(args, module, rows: list[dict], pad_id: int) -> dict:
     """Materialised vs chunked LM-head loss, without and with KL, on the same token-budget micro-batches; the
     variants take turns ``--repeats`` times (median epoch reported)."""
@@ -404,29 +424,24 @@ def compare_head_loss(args, module, rows: list[dict], pad_id: int) -> dict:
                 raise SystemExit(f"materialised and chunked losses differ (kl {kl}): {a} vs {b}")
     module.train()
     variants = {f"{how}{'+kl' if kl else ''}": (how, kl) for kl in (0.0, 1.0) for how in ("materialised", "chunked")}
-    runs: dict[str, list[dict]] = {name: [] for name in variants}
-    for repeat in range(args.repeats):
-        for name, (how, kl) in variants.items():
-            module.hparams.kl_weight = kl
-            step = (lambda batch, i: materialised_loss(module, batch)) if how == "materialised" else None
-            with sdpa_backends(args.no_cudnn_sdpa):
-                r = train_epoch(module, batches, accumulate, args.device, step=step)
-            runs[name].append(r)
-            print(
-                f"  {name} ({repeat + 1}/{args.repeats}): {r['tokens_per_s']:.0f} tokens/s, "
-                f"step peak {_gib(r['step_peak_bytes'])} GiB",
-                flush=True,
-            )
-    results = {}
+
+    def epoch(how: str, kl: float) -> dict:
+        module.hparams.kl_weight = kl
+        step = (lambda batch, i: materialised_loss(module, batch)) if how == "materialised" else None
+        with sdpa_backends(args.no_cudnn_sdpa):
+            return train_epoch(module, batches, accumulate, args.device, step=step)
+
+    results, runs = in_turns(
+        {name: partial(epoch, how, kl) for name, (how, kl) in variants.items()},
+        args.repeats,
+        extra=lambda r: f", step peak {_gib(r['step_peak_bytes'])} GiB",
+    )
     for name, (_, kl) in variants.items():
-        ordered = sorted(runs[name], key=lambda r: r["tokens_per_s"])
-        r = dict(ordered[len(ordered) // 2])
-        r["tokens_per_s_runs"] = [x["tokens_per_s"] for x in runs[name]]
+        r = results[name]
         # memory: the largest of the repeats (the peak a budget has to fit)
         r["step_peak_bytes"] = max((x["step_peak_bytes"] or 0) for x in runs[name]) or None
         r["peak_bytes"] = max((x["peak_bytes"] or 0) for x in runs[name]) or None
         r["kl_weight"] = kl
-        results[name] = r
 
     def ratio(a: str, b: str) -> float | None:
         x, y = results[a]["step_peak_bytes"], results[b]["step_peak_bytes"]
@@ -473,17 +488,12 @@ def compare_master_weights(args, model_dir: Path, rows: list, pad_id: int) -> di
         print(f"  {name}: LoRA {sorted(map(str, lora))}, compute {module._compute_dtype or torch.float32}")
     loader = token_budget_loader(rows, pad_id, args.max_tokens_per_batch, rows_per_step=args.accumulate, seed=args.seed)
     batches, accumulate = list(loader), loader.sampler.micro_batches_per_step
-    runs: dict[str, list[dict]] = {name: [] for name in variants}
-    for repeat in range(args.repeats):  # in turns, as the setups above
-        for name, module in variants.items():
-            with sdpa_backends(args.no_cudnn_sdpa):
-                r = train_epoch(module, batches, accumulate, args.device)
-            runs[name].append(r)
-            print(f"  {name} ({repeat + 1}/{args.repeats}): {r['tokens_per_s']:.0f} tokens/s", flush=True)
-    results = {}
-    for name, rs in runs.items():
-        ordered = sorted(rs, key=lambda r: r["tokens_per_s"])
-        results[name] = dict(ordered[len(ordered) // 2], tokens_per_s_runs=[r["tokens_per_s"] for r in rs])
+
+    def epoch(module: ThinkSafeModule) -> dict:
+        with sdpa_backends(args.no_cudnn_sdpa):
+            return train_epoch(module, batches, accumulate, args.device)
+
+    results, _ = in_turns({name: partial(epoch, module) for name, module in variants.items()}, args.repeats)
     speed = {name: r["tokens_per_s"] for name, r in results.items()}
     return dict(
         variants=results,
@@ -615,26 +625,19 @@ def main(argv: list[str] | None = None) -> dict:
             f"checkpointing {'on' if choice.enabled else 'off'} (measured)",
         ),
     }
-    # the setups take turns, --repeats times, and each reports its median epoch: a change of the machine's load
-    # during the run then weighs on every setup alike instead of on whichever ran at that moment
-    runs: dict[str, list[dict]] = {name: [] for name in setups}
+
+    def epoch(setup: dict) -> dict:
+        set_gradient_checkpointing(module.model, setup["checkpointing"])
+        with sdpa_backends(args.no_cudnn_sdpa):
+            return train_epoch(module, setup["batches"], setup["accumulate"], args.device)
+
+    results, _ = in_turns({name: partial(epoch, setup) for name, setup in setups.items()}, args.repeats)
     lengths = [len(rows[i].input_ids) for i in range(len(rows))]
-    for repeat in range(args.repeats):
-        for name, setup in setups.items():
-            set_gradient_checkpointing(module.model, setup["checkpointing"])
-            with sdpa_backends(args.no_cudnn_sdpa):
-                r = train_epoch(module, setup["batches"], setup["accumulate"], args.device)
-            runs[name].append(r)
-            print(f"  {name} ({repeat + 1}/{args.repeats}): {r['tokens_per_s']:.0f} tokens/s", flush=True)
-    results = {}
     for name, setup in setups.items():
-        ordered = sorted(runs[name], key=lambda r: r["tokens_per_s"])
-        r = dict(ordered[len(ordered) // 2])
-        r["tokens_per_s_runs"] = [x["tokens_per_s"] for x in runs[name]]
+        r = results[name]
         r["matmul_share"] = model_flops(config, lengths) / r["seconds"] / rate
         r["setup"] = setup["what"]
         r["gradient_checkpointing"] = setup["checkpointing"]
-        results[name] = r
 
     report = dict(
         device=torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({os.cpu_count()} cores)",

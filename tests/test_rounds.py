@@ -346,6 +346,11 @@ def test_two_rounds_sample_with_the_trained_weights_and_resume_after_sigkill(tin
     assert [e.step for e in events.Scalars("rounds/in_distribution_sampler/nll")] == [2]
     kept = [e.value for e in events.Scalars("rounds/kept")]
     assert kept == [summary["1"]["rounds/kept"], summary["2"]["rounds/kept"]]
+    # the data stage's step-0 view is round 1's set, as with one round
+    round_1_stats = json.loads((out / "round_1" / "stats.json").read_text())
+    assert [e.value for e in events.Scalars("data/kept/vanilla_benign")] == [
+        round_1_stats["per_label"]["vanilla_benign"]["kept"]
+    ]
 
     cost = json.loads(next(straight.rglob("cost.json")).read_text())["stages"]["data"]
     assert [r["round"] for r in cost["rounds"]] == [1, 2] and cost["rounds"][1]["seconds"] is not None

@@ -74,11 +74,12 @@ def _tag(text: str) -> str:
 
 
 def data_stage_stats(datamodule) -> tuple[dict[str, Any], Path] | None:
-    """stats.json of the self-generated set a SafetyDataModule trains on (None with ``data.responses`` or no
-    finished set)."""
+    """stats.json of the self-generated set a SafetyDataModule trains first (round 1's with ``data.rounds`` > 1;
+    the later rounds' go to ``rounds/…``), with its directory; None with ``data.responses`` or no finished set."""
     if datamodule is None or getattr(datamodule, "responses", None):
         return None
-    out = getattr(datamodule, "output_dir", None)
+    round_dir = getattr(datamodule, "round_dir", None)
+    out = round_dir(1) if callable(round_dir) else getattr(datamodule, "output_dir", None)
     if not out or not (Path(out) / "stats.json").is_file():
         return None
     return json.loads((Path(out) / "stats.json").read_text(encoding="utf-8")), Path(out)
