@@ -1,7 +1,8 @@
 """`thinksafe fit` on two processes as users launch it: Lightning starts rank 1 by re-running the command line,
 or torchrun starts both. Under Lightning's launch the data stage runs too, on both ranks (one vLLM engine each,
 a shard each, merged), and a rank SIGKILLed mid-stage resumes its shard when the command is run again; under
-torchrun it is skipped (`data.responses`) and only training is distributed."""
+torchrun it is skipped (`data.responses`) and only training is distributed. `thinksafe generate` under torchrun
+builds a shard per process too."""
 
 from __future__ import annotations
 
@@ -215,3 +216,73 @@ def test_fit_launched_by_lightning_builds_the_set_on_both_ranks(tiny_qwen3, vllm
     ] * 2
     fingerprints = [json.loads((d / "manifest.json").read_text())["fingerprint"] for d in (out, one)]
     assert fingerprints[0] == fingerprints[1]
+
+
+@pytest.mark.slow
+def test_generate_under_torchrun_resumes_a_one_process_run_to_the_same_set(tiny_qwen3, tmp_path):
+    """`torchrun --nproc_per_node=2 thinksafe generate`: a shard per process (gloo), merged by rank 0. It starts
+    where a one-process run of the same recipe was killed after three chunks: those are copied into the new shards,
+    not sampled again, and the merged set equals the uninterrupted one-process run byte for byte."""
+    import shutil
+
+    from thinksafe.data.prompts import load_prompts
+    from thinksafe.data.selfgen import SelfGenJob, build_selfgen
+    from thinksafe.guards import OfflineJudge
+    from thinksafe.sampling import SamplingConfig, TransformersSampler
+    from thinksafe.sampling.steering import PAPER_TEMPLATE
+
+    prompts = ROOT / "data" / "debug_prompts.jsonl"  # 12 prompts: 6 chunks of 2
+    one, out = tmp_path / "one", tmp_path / "selfgen"
+    build_selfgen(
+        SelfGenJob(
+            model=str(tiny_qwen3),
+            prompts=load_prompts(str(prompts)),
+            sampler=TransformersSampler(),
+            guard=OfflineJudge(),
+            sampling=SamplingConfig(n=2, max_tokens=24, seed=3),
+            steering_template=PAPER_TEMPLATE,
+            reasoning_format="plain",
+            chunk_size=2,
+        ),
+        one,
+    )
+    shutil.copytree(one, out)  # … as a one-process run killed in its fourth chunk left it
+    for name in ("samples.jsonl", "stats.json", "train.jsonl", "README.md"):
+        (out / name).unlink()
+    rows = (out / "sampled.jsonl").read_bytes().splitlines(keepends=True)
+    (out / "sampled.jsonl").write_bytes(b"".join(rows[:14]) + rows[14][:10])  # 3 chunks of 4 rows, 2 rows, torn
+    recipe = {
+        "model": {"name_or_path": str(tiny_qwen3)},
+        "data": {
+            "prompts": str(prompts),
+            "output_dir": str(out),
+            "chunk_size": 2,
+            "reasoning_format": "plain",
+            "in_distribution_rows": 0,
+            "sampler": {"class_path": "thinksafe.sampling.TransformersSampler"},
+            "guard": {"class_path": "thinksafe.guards.OfflineJudge"},
+            "sampling": {"n": 2, "max_tokens": 24, "seed": 3},
+        },
+        "trainer": {"accelerator": "cpu", "logger": False},
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(BIN / "thinksafe"), "generate"]
+    res = subprocess.run(
+        [*cmd, "--recipe", str(tmp_path / "r.yaml")], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log[-3000:]
+    said = " ".join(log.split())  # rich wraps lines at the terminal's width
+    assert "3 whole chunk(s) of 2 prompts already sampled moved into the new shards" in said, log[-3000:]
+    # rank 0's shard (chunks 0, 2, 4) starts with two of them, rank 1's (1, 3, 5) with one
+    assert "resuming: 4 of 6 prompts already sampled" in said and "resuming: 2 of 6 prompts already sampled" in said
+    for s in range(2):  # each rank sampled and guarded its shard
+        assert (out / "shards" / f"rank_{s}_of_2" / "samples.jsonl").read_text().strip()
+    for name in ("samples.jsonl", "sampled.jsonl", "train.jsonl"):
+        assert (out / name).read_bytes() == (one / name).read_bytes(), name
+    stats = [json.loads((d / "stats.json").read_text()) for d in (out, one)]
+    assert [{k: v for k, v in s.items() if k != "seconds"} for s in stats[:1]] == [
+        {k: v for k, v in stats[1].items() if k != "seconds"}
+    ]
+    manifests = [json.loads((d / "manifest.json").read_text()) for d in (out, one)]
+    assert manifests[0]["fingerprint"] == manifests[1]["fingerprint"]

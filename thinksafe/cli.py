@@ -16,6 +16,7 @@ shows the traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -36,14 +37,23 @@ def _lightning_cli(args: list[str], run: bool, prog: str = "thinksafe"):
 def generate(args: list[str]) -> None:
     if "--merge" in args:
         return merge(args)
+    from thinksafe.distributed import launched_world_size
     from thinksafe.lightning_cli import plain
 
     cli = _lightning_cli(args, run=False, prog="thinksafe generate")
     dm = cli.datamodule
     dm.recipe = plain(cli.config)
-    result = dm.build_safety_set()
+    if launched_world_size() > 1 and dm.executor == "local":  # torchrun: a shard per process, merged
+        from thinksafe.data.shards import build_launched
+
+        result = build_launched(
+            dm.selfgen_job(), dm.round_dir(), overwrite=dm.overwrite, heartbeat_timeout_s=dm.heartbeat_timeout_s
+        )
+        report = os.environ.get("RANK", "0") == "0"  # rank 0 reports on the merged set
+    else:
+        result, report = dm.build_safety_set(), True
     dm.sampler.close()  # the score below loads the model; the engine's memory is needed
-    if dm.in_distribution_rows != 0 and result.stats.get("all", {}).get("kept", 0):
+    if report and dm.in_distribution_rows != 0 and result.stats.get("all", {}).get("kept", 0):
         from thinksafe.metrics.in_distribution import report_generated
 
         report_generated(dm, limit=dm.in_distribution_rows)

@@ -454,6 +454,33 @@ def build_sharded(
     return SelfGenResult(out, verify_finished(out), resumed=False, reused=False)
 
 
+def build_launched(
+    job: SelfGenJob,
+    output_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    heartbeat_timeout_s: float | None = None,
+    console=None,
+) -> SelfGenResult:
+    """``thinksafe generate`` under a launcher (``torchrun --nproc-per-node N``, or srun with torchrun's
+    variables): :func:`build_sharded` with one shard per process, each on its node's GPU ``LOCAL_RANK`` (on GPUs),
+    over a gloo group joined from the environment and destroyed at exit. Every rank returns the merged set."""
+    import torch
+
+    from thinksafe.distributed import join_launched_group, local_rank
+
+    join_launched_group()
+    return build_sharded(
+        job,
+        output_dir,
+        ranks=Ranks(),
+        device_index=local_rank() if torch.cuda.is_available() else None,
+        overwrite=overwrite,
+        console=console,
+        heartbeat_timeout_s=heartbeat_timeout_s,
+    )
+
+
 def _check_shared(out: Path, ranks: Ranks) -> None:
     """Every rank writes a token into output_dir and must see every other rank's: the shards are merged from
     one place, so output_dir must be one directory for all nodes."""
