@@ -286,3 +286,24 @@ def test_generate_under_torchrun_resumes_a_one_process_run_to_the_same_set(tiny_
     ]
     manifests = [json.loads((d / "manifest.json").read_text()) for d in (out, one)]
     assert manifests[0]["fingerprint"] == manifests[1]["fingerprint"]
+
+
+def test_generate_under_torchrun_refuses_the_ray_executor(tiny_qwen3, tmp_path, monkeypatch, capsys):
+    from thinksafe.cli import main
+
+    recipe = {
+        "model": {"name_or_path": str(tiny_qwen3)},
+        "data": {
+            "prompts": str(ROOT / "data" / "debug_prompts.jsonl"),
+            "output_dir": str(tmp_path / "selfgen"),
+            "executor": "ray",
+            "sampler": {"class_path": "thinksafe.sampling.TransformersSampler"},
+            "guard": {"class_path": "thinksafe.guards.OfflineJudge"},
+        },
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun --nproc_per_node=2 sets
+    assert main(["generate", "--recipe", str(tmp_path / "r.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "data.executor: ray" in err and "started as 2 processes (torchrun): start it once" in err, err
+    assert "Traceback" not in err and not (tmp_path / "selfgen").exists()

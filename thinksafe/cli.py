@@ -43,8 +43,14 @@ def generate(args: list[str]) -> None:
     cli = _lightning_cli(args, run=False, prog="thinksafe generate")
     dm = cli.datamodule
     dm.recipe = plain(cli.config)
-    if launched_world_size() > 1 and dm.executor == "local":  # torchrun: a shard per process, merged
+    if launched_world_size() > 1:  # torchrun: a shard per process, merged
         from thinksafe.data.shards import build_launched
+
+        if dm.executor != "local":
+            raise UserError(
+                f"data.executor: {dm.executor} runs its engines on the Ray cluster from one driver, but this "
+                f"`thinksafe generate` was started as {launched_world_size()} processes (torchrun): start it once."
+            )
 
         result = build_launched(
             dm.selfgen_job(), dm.round_dir(), overwrite=dm.overwrite, heartbeat_timeout_s=dm.heartbeat_timeout_s
