@@ -265,18 +265,58 @@ def build_selfgen(
     ``indices`` and ``shard`` (``{"rank": r, "of": n}``) build one shard of a multi-process run: only those
     prompts (indices into ``job.prompts``, which is the whole set), recorded in the manifest; the shard's
     stats.json marks it finished and it gets no dataset card (the merged set does)."""
+    result = _run(job, output_dir, PHASES, overwrite, console, indices, shard)
+    assert result is not None
+    return result
+
+
+#: The two phases of a build: sampling (sampled.jsonl), then guarding (samples.jsonl, stats.json).
+PHASES = ("sample", "guard")
+
+
+def sample_shard(
+    job: SelfGenJob, output_dir: str | Path, *, indices: list[int], shard: dict[str, int], console=None
+) -> float:
+    """The sampling phase of one shard, for a backend that runs the phases in different processes (Ray: a sampler
+    actor, then a guard actor): samples the shard's prompts into ``output_dir/sampled.jsonl`` (resuming it, as
+    :func:`build_selfgen` does) and ends the sampler's engine; :func:`guard_shard` finishes the shard. Returns the
+    seconds it took (0 for a finished shard)."""
+    t0 = time.time()
+    result = _run(job, output_dir, ("sample",), False, console, indices, shard)
+    return 0.0 if result is not None else time.time() - t0
+
+
+def guard_shard(
+    job: SelfGenJob,
+    output_dir: str | Path,
+    *,
+    indices: list[int],
+    shard: dict[str, int],
+    console=None,
+    sample_seconds: float = 0.0,
+) -> SelfGenResult:
+    """The guard phase of a shard whose sampling :func:`sample_shard` finished: guards ``sampled.jsonl`` into
+    ``samples.jsonl`` (resuming it) and writes the shard's ``stats.json`` — the rows, verdicts and stats
+    :func:`build_selfgen` writes for the shard (``seconds`` counts ``sample_seconds`` too)."""
+    result = _run(job, output_dir, ("guard",), False, console, indices, shard, sample_seconds)
+    assert result is not None
+    return result
+
+
+def _run(job, output_dir, phases, overwrite, console, indices, shard, spent=0.0) -> SelfGenResult | None:
     from rich.console import Console
 
     console = console or Console(stderr=True)
     settings, fp = job.settings()
     out = Path(output_dir)
     if finished_with(out, fp):  # reading a finished set takes no lock: several jobs may train on it at once
-        return reuse_finished(out, shard, console)
+        # (a finished shard is announced once, by its guard phase)
+        return reuse_finished(out, shard, console) if "guard" in phases else None
     with ExitStack() as stack:
         finished, resumed, created = _lock_output_dir(out, fp, overwrite, stack)
         if finished:
-            return reuse_finished(out, shard, console)
-        return _build(out, fp, settings, job, indices, shard, console, resumed, created)
+            return reuse_finished(out, shard, console) if "guard" in phases else None
+        return _build(out, fp, settings, job, indices, shard, console, resumed, created, phases, spent)
 
 
 def reuse_finished(out: Path, shard: dict[str, int] | None, console) -> SelfGenResult:
@@ -291,42 +331,51 @@ def reuse_finished(out: Path, shard: dict[str, int] | None, console) -> SelfGenR
     return SelfGenResult(out, stats, resumed=True, reused=True)
 
 
-def _build(out, fp, settings, job: SelfGenJob, indices, shard, console, resumed, created) -> SelfGenResult:
+def _build(
+    out, fp, settings, job: SelfGenJob, indices, shard, console, resumed, created, phases=PHASES, spent=0.0
+) -> SelfGenResult | None:
+    """The ``phases`` of a build in the locked ``out``; None after the sampling phase alone. ``spent``: seconds an
+    earlier phase took elsewhere, counted in stats.json."""
     fmt, template_kwargs = settings["reasoning_format"], settings["chat_template_kwargs"]
     wrote_manifest = not (out / "manifest.json").is_file()
     if wrote_manifest:
         write_manifest(out, fp, settings, job, shard)
     sampler, guard, prompts, n = job.sampler, job.guard, job.prompts, job.sampling.n
     chunk_size = job.chunk_size
-    t0 = time.time()
-    try:
+    t0 = time.time() - spent
+    if "sample" not in phases:  # sampled by sample_shard, in another process
+        sampled = _sampled_rows(out, list(range(len(prompts))) if indices is None else indices, n)
+    else:
         try:
-            sampled = _sample_phase(
-                out,
-                prompts,
-                indices,
-                sampler,
-                job.sampling,
-                fmt,
-                template_kwargs,
-                job.steering_template,
-                chunk_size,
-                console,
-                think_rule=job.think_rule,
-            )
-        finally:
-            sampler.close()
-    except BaseException:
-        if wrote_manifest and not (out / "sampled.jsonl").exists():
-            # failed before its first row (e.g. the model did not load): leave the directory as it was found, not
-            # bound by a manifest to settings that produced nothing
-            (out / "manifest.json").unlink(missing_ok=True)
-            (out / "vllm.log").unlink(missing_ok=True)  # its last lines are in the error
-            if all(p.name in LOCK_FILES for p in out.iterdir()):
-                remove_lock_files(out)  # flock lives on the open descriptor: unlinking the file is safe
-                if created:
-                    out.rmdir()
-        raise
+            try:
+                sampled = _sample_phase(
+                    out,
+                    prompts,
+                    indices,
+                    sampler,
+                    job.sampling,
+                    fmt,
+                    template_kwargs,
+                    job.steering_template,
+                    chunk_size,
+                    console,
+                    think_rule=job.think_rule,
+                )
+            finally:
+                sampler.close()
+        except BaseException:
+            if wrote_manifest and not (out / "sampled.jsonl").exists():
+                # failed before its first row (e.g. the model did not load): leave the directory as it was found,
+                # not bound by a manifest to settings that produced nothing
+                (out / "manifest.json").unlink(missing_ok=True)
+                (out / "vllm.log").unlink(missing_ok=True)  # its last lines are in the error
+                if all(p.name in LOCK_FILES for p in out.iterdir()):
+                    remove_lock_files(out)  # flock lives on the open descriptor: unlinking the file is safe
+                    if created:
+                        out.rmdir()
+            raise
+        if "guard" not in phases:
+            return None
     try:
         samples = _guard_phase(out, sampled, guard, n, chunk_size, console)
     finally:
@@ -471,6 +520,18 @@ def _sample_phase(
             done.extend(rows)
             progress.commit(len(rows), tokens=sum(r["num_tokens"] or 0 for r in rows))
     return sorted(done, key=lambda r: (r["prompt_index"], r["sample_index"]))
+
+
+def _sampled_rows(out: Path, mine: list[int], n: int) -> list[dict]:
+    """The finished sampling phase's rows (sampled.jsonl), as :func:`_sample_phase` returns them."""
+    rows = JsonlLog(out / "sampled.jsonl").recover("prompt_index", lambda _k, rows: len(rows) == n)
+    missing = set(mine) - {r["prompt_index"] for r in rows}
+    if missing:
+        raise RuntimeError(
+            f"{out / 'sampled.jsonl'}: {len(missing)} of the shard's {len(mine)} prompts are not sampled (prompt "
+            f"{min(missing)} first); the guard phase runs after sample_shard has finished the shard."
+        )
+    return sorted(rows, key=lambda r: (r["prompt_index"], r["sample_index"]))
 
 
 def _model_of(out: Path) -> str:
