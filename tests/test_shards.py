@@ -326,3 +326,11 @@ def test_a_restart_with_another_number_of_processes_keeps_every_whole_chunk(one_
     assert log.getvalue().count("resuming: 3 of 6 prompts already sampled") == 2, log.getvalue()
     merge_shards(out, merge_sources([out]), console)
     _same_set(out, one_process)
+
+
+def test_a_heartbeat_timeout_shorter_than_two_beats_is_refused(tiny_qwen3, tmp_path):
+    from thinksafe.data.shards import build_sharded
+
+    with pytest.raises(UserError, match=r"data.heartbeat_timeout_s must be at least 20 s .*got 5"):
+        build_sharded(_job(tiny_qwen3), tmp_path, ranks=None, device_index=None, heartbeat_timeout_s=5)
+    assert not any(tmp_path.iterdir())

@@ -13,7 +13,12 @@ CPU, tested; on GPUs as far as a resumed one-process run equals an uninterrupted
 
 Nothing waits in a collective while the engines work: a rank that finishes its shard polls the shared file
 system for the other shards' ``stats.json`` (watching their heartbeat files, so a rank that died is noticed),
-then all meet at one barrier. Collectives are used only where every rank arrives within seconds.
+then all meet at one barrier. Collectives are used only where every rank arrives within seconds. A rank on this
+host whose process is gone is noticed at once (its heartbeat names it); any other rank after ``STALE_AFTER_S`` of
+silence.
+
+A restart with another number of processes (or one process after several, or several after one) keeps every whole
+chunk already sampled: :func:`fold_other_layouts` copies them into the new split's shards before they start.
 """
 
 from __future__ import annotations
