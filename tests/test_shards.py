@@ -334,3 +334,29 @@ def test_a_heartbeat_timeout_shorter_than_two_beats_is_refused(tiny_qwen3, tmp_p
     with pytest.raises(UserError, match=r"data.heartbeat_timeout_s must be at least 20 s .*got 5"):
         build_sharded(_job(tiny_qwen3), tmp_path, ranks=None, device_index=None, heartbeat_timeout_s=5)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "visible, device_index, tp, engine_sees",
+    [
+        (None, 0, 1, "0"),
+        (None, 3, 1, "3"),
+        (None, 2, 2, "2,3"),  # the first rank of a tensor-parallel group: its engine takes the group's devices
+        ("4,5,6,7", 1, 2, "5,6"),  # a job given some of a node's GPUs: indices are into its visible list
+        ("GPU-a,GPU-b", 1, 1, "GPU-b"),
+    ],
+)
+def test_each_rank_engine_sees_only_its_own_devices(monkeypatch, visible, device_index, tp, engine_sees):
+    """The engine process inherits CUDA_VISIBLE_DEVICES at its start: inside the block it names this rank's
+    device(s), afterwards the training process's own value is back (unset stays unset)."""
+    from thinksafe.data.shards import _visible_devices
+
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    with _visible_devices(device_index, tp):
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == engine_sees
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == visible
+    with _visible_devices(None, tp):  # on CPUs nothing changes
+        assert os.environ.get("CUDA_VISIBLE_DEVICES") == visible
