@@ -69,6 +69,44 @@ def test_the_pools_are_sized_from_the_cluster():
         plan(RayOptions(guard_engines=0), _job(VLLMSampler(), offline), eight_gpus)
 
 
+def test_a_shard_sampled_and_guarded_apart_equals_one_build(tiny_qwen3, tmp_path):
+    """What the two pools run: sample_shard, then guard_shard (each in a process of its own on Ray) write the
+    shard build_selfgen writes in one; the guard phase refuses a shard whose sampling is unfinished."""
+    from thinksafe.data.selfgen import guard_shard, sample_shard
+    from thinksafe.data.shards import shard_of
+    from thinksafe.sampling import TransformersSampler
+
+    job = SelfGenJob(
+        model=str(tiny_qwen3),
+        prompts=load_prompts(str(PROMPTS))[:6],
+        sampler=TransformersSampler(batch_size=2),
+        guard=OfflineJudge(),
+        sampling=SamplingConfig(n=N, max_tokens=8, seed=SEED),
+        steering_template=PAPER_TEMPLATE,
+        reasoning_format="plain",
+        chunk_size=2,
+    )
+    shard = shard_of(job, 1, 2)
+    one = build_selfgen(job, tmp_path / "one", **shard).output_dir
+    apart = tmp_path / "apart"
+    with pytest.raises(RuntimeError, match="are not sampled"):
+        guard_shard(job, apart, **shard)
+    sample_shard(job, apart, **shard)
+    assert not (apart / "samples.jsonl").exists() and not (apart / "stats.json").exists()
+    guard_shard(job, apart, **shard, sample_seconds=5.0)
+    for name in ("manifest.json", "sampled.jsonl", "samples.jsonl"):
+        a, b = ((d / name).read_bytes() for d in (one, apart))
+        if name == "manifest.json":
+            a, b = ({k: v for k, v in json.loads(x).items() if k != "created"} for x in (a, b))
+        assert a == b, name
+    stats = [json.loads((d / "stats.json").read_text()) for d in (one, apart)]
+    assert stats[1]["seconds"] >= 5.0
+    assert [{k: v for k, v in s.items() if k != "seconds"} for s in stats] == [
+        {k: v for k, v in stats[0].items() if k != "seconds"}
+    ] * 2
+    assert sample_shard(job, apart, **shard) < 5.0  # finished: nothing is sampled again
+
+
 def _session(session: int) -> list[int]:
     """Live processes of the session ``session`` (the killed driver, its local Ray cluster, the actors' engines)."""
     out = []

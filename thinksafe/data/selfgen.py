@@ -279,11 +279,11 @@ def sample_shard(
 ) -> float:
     """The sampling phase of one shard, for a backend that runs the phases in different processes (Ray: a sampler
     actor, then a guard actor): samples the shard's prompts into ``output_dir/sampled.jsonl`` (resuming it, as
-    :func:`build_selfgen` does) and ends the sampler's engine; :func:`guard_shard` finishes the shard. Returns the
-    seconds it took (0 for a finished shard)."""
+    :func:`build_selfgen` does) and ends the sampler's engine; :func:`guard_shard` finishes the shard (a finished
+    shard is left as it is). Returns the seconds it took."""
     t0 = time.time()
-    result = _run(job, output_dir, ("sample",), False, console, indices, shard)
-    return 0.0 if result is not None else time.time() - t0
+    _run(job, output_dir, ("sample",), False, console, indices, shard)
+    return time.time() - t0
 
 
 def guard_shard(
