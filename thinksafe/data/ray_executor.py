@@ -169,7 +169,7 @@ def build_on_ray(
     module docstring)."""
     from rich.console import Console
 
-    from thinksafe.data.shards import merge_shards, shard_dir
+    from thinksafe.data.shards import fold_other_layouts, merge_shards, shard_dir
 
     try:
         import ray
@@ -193,6 +193,7 @@ def build_on_ray(
             stack.callback(ray.shutdown)
         p = plan(options, job, ray.cluster_resources())
         shards = p["engines"]
+        fold_other_layouts(out, job, shards, console)  # a run with another number of engines stopped here
         wanted = shards * p["sampler_gpus"] + p["guard_engines"] * p["guard_gpus"]
         if p["gpus"] and wanted > p["gpus"]:
             console.print(
