@@ -53,6 +53,11 @@ def test_recipe_is_a_documented_option(command, capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "--recipe RECIPE" in out and "recipes/*.yaml" in out
+    # the dataclass options are described by the docstrings under their fields
+    if command != ["eval"]:
+        flat = " ".join(out.split())
+        assert "--data.sampling.max_tokens MAX_TOKENS New tokens per sample" in flat
+        assert "--data.ray.engines ENGINES Sampling engines" in flat
 
 
 def test_only_working_subcommands_and_no_optimizer_option(capsys):

@@ -13,10 +13,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import ActionConfigFile, Namespace
+from jsonargparse import ActionConfigFile, Namespace, set_parsing_settings
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from thinksafe.errors import UserError, parse_args
+
+# the options of thinksafe's dataclasses (data.sampling.*, data.ray.*, …) are documented by a docstring under each
+# field: --help shows them only when jsonargparse reads those
+set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 RECIPE_HELP = (
     "a recipe (YAML file of the settings below; recipes/*.yaml); --section.key=value flags after it override it"
