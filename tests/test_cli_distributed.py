@@ -308,3 +308,58 @@ def test_generate_under_torchrun_refuses_the_ray_executor(tiny_qwen3, tmp_path, 
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("thinksafe: error: data.executor: ray runs its engines on the Ray cluster"), last
     assert "started as 2 processes (torchrun): start it once" in last and not (tmp_path / "selfgen").exists()
+
+
+@pytest.mark.slow
+def test_two_nodes_without_a_shared_output_dir_are_refused(tiny_qwen3, tmp_path):
+    """Two "nodes" of one `thinksafe generate` job (torchrun --nnodes=2, one process each), each in a mount
+    namespace of its own with its own tmpfs under data.output_dir: the same path on two disks, as on nodes
+    without a shared file system. Both stop with one paragraph saying data.output_dir is not shared (the check
+    runs before any shard is built)."""
+    import socket
+
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs mount namespaces (unshare -m): run as root")
+    disks = tmp_path / "node_local"
+    disks.mkdir()
+    recipe = {
+        "model": {"name_or_path": str(tiny_qwen3)},
+        "data": {
+            "prompts": str(ROOT / "data" / "debug_prompts.jsonl"),
+            "output_dir": str(disks / "selfgen"),
+            "chunk_size": 2,
+            "in_distribution_rows": 0,
+            "sampler": {"class_path": "thinksafe.sampling.TransformersSampler"},
+            "guard": {"class_path": "thinksafe.guards.OfflineJudge"},
+            "sampling": {"n": 1, "max_tokens": 8},
+        },
+        "trainer": {"accelerator": "cpu", "logger": False},
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = []
+    for node in (0, 1):
+        torchrun = (
+            f"{BIN / 'torchrun'} --nnodes=2 --node_rank={node} --nproc_per_node=1 --master_addr=127.0.0.1 "
+            f"--master_port={port} {BIN / 'thinksafe'} generate --recipe {tmp_path / 'r.yaml'}"
+        )
+        nodes.append(
+            subprocess.Popen(
+                ["unshare", "-m", "sh", "-c", f"mount -t tmpfs node{node} {disks} && exec {torchrun}"],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    logs = [p.communicate(timeout=300)[0] for p in nodes]
+    for proc, log in zip(nodes, logs):
+        assert proc.returncode != 0, log[-3000:]
+        said = " ".join(log.split())
+        assert "is not one shared directory for all processes of this run" in said, log[-3000:]
+        assert "on a file system all nodes mount" in said
+        # the rank exits 2 with no traceback of its own (torchrun then prints its ChildFailedError report)
+        assert "exitcode : 2" in said and f'File "{ROOT / "thinksafe"}' not in log, log[-3000:]
+    assert not any(disks.iterdir()), "the test's own disk was written, not the nodes'"
