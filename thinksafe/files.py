@@ -94,19 +94,25 @@ def fsync_tree(path: str | Path) -> None:
             fsync_dir(d)
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+def write_atomic(path: str | Path, write) -> None:
+    """Write ``path`` whole or not at all: ``write(f)`` fills a temporary file beside it (binary), which is synced
+    and renamed over ``path``."""
     path = Path(path)
     with disk_errors(path):
         tmp = temp_path(path)
         try:
             with open(tmp, "wb") as f:
-                f.write(data)
+                write(f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
         fsync_dir(path.parent)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    write_atomic(path, lambda f: f.write(data))
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -51,7 +51,7 @@ from thinksafe.data.selfgen import (
 )
 from thinksafe.data.writer_lock import writer_lock
 from thinksafe.errors import UserError
-from thinksafe.files import disk_errors, fsync_dir, temp_path, write_bytes_atomic, write_json_atomic
+from thinksafe.files import disk_errors, write_atomic, write_bytes_atomic, write_json_atomic
 
 HEARTBEAT_EVERY_S = 10.0
 #: A shard whose heartbeat file has not changed for this long (this rank's clock) belongs to a dead or hung rank
@@ -241,21 +241,15 @@ def _whole_chunks(path: Path, chunk_size: int, num_prompts: int, n: int) -> dict
 def _copy_ranges(dest: Path, parts: list[tuple[Path, list[tuple[int, int]]]]) -> None:
     """Write ``dest`` atomically from byte ranges of other files, streamed (a large set's log need not fit in
     memory)."""
-    with disk_errors(dest):
-        tmp = temp_path(dest)
-        try:
-            with open(tmp, "wb") as f:
-                for src, ranges in parts:
-                    with open(src, "rb") as g:
-                        for start, length in ranges:
-                            g.seek(start)
-                            f.write(g.read(length))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-        fsync_dir(dest.parent)
+
+    def copy(f) -> None:
+        for src, ranges in parts:
+            with open(src, "rb") as g:
+                for start, length in ranges:
+                    g.seek(start)
+                    f.write(g.read(length))
+
+    write_atomic(dest, copy)
 
 
 def fold_other_layouts(out: Path, job: SelfGenJob, shards: int, console) -> int:
