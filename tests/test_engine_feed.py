@@ -62,17 +62,25 @@ def build(out, model, sampler, chunk_size, prompts=PROMPTS, max_tokens=MAX_TOKEN
 
 @pytest.mark.slow
 def test_chunks_come_back_in_order_while_the_one_engine_call_goes_on(tiny_qwen3, vllm_sampler):
+    """An engine running 4 requests at a time (so its 24 requests finish in waves, whatever the decode speed; with
+    every request at once they can all end in one step) hands back the first chunk while the call goes on."""
+    from thinksafe.sampling import VLLMSampler
+
     convs = [[{"role": "user", "content": f"Count to {i}."}] for i in range(12)]
     params = SamplingConfig(n=2, max_tokens=64, temperature=1.0)
     events: list[dict] = []
     chunks, seen_at_first_chunk = [], None
-    with reporting(events.append):
-        for part, completions in generate_in_chunks(
-            vllm_sampler, str(tiny_qwen3), convs, params, {"enable_thinking": True}, list(range(12)), chunk_size=2
-        ):
-            if seen_at_first_chunk is None:
-                seen_at_first_chunk = [e for e in events if e["kind"] == "requests"]
-            chunks.append((part, completions))
+    waves = VLLMSampler(gpu_memory_utilization=0.05, max_model_len=2048, max_num_seqs=4)
+    try:
+        with reporting(events.append):
+            for part, completions in generate_in_chunks(
+                waves, str(tiny_qwen3), convs, params, {"enable_thinking": True}, list(range(12)), chunk_size=2
+            ):
+                if seen_at_first_chunk is None:
+                    seen_at_first_chunk = [e for e in events if e["kind"] == "requests"]
+                chunks.append((part, completions))
+    finally:
+        waves.close()
     requests = [e for e in events if e["kind"] == "requests"]
     # one engine call for all 12 conversations (24 requests), not one per chunk of 2
     assert [e for e in requests if e["done"] == 0] == [requests[0]] and requests[0]["total"] == 24
@@ -81,7 +89,8 @@ def test_chunks_come_back_in_order_while_the_one_engine_call_goes_on(tiny_qwen3,
     assert seen_at_first_chunk and seen_at_first_chunk[-1]["done"] < 24
     assert [list(p) for p, _ in chunks] == [[i, i + 1] for i in range(0, 12, 2)]
     assert all(len(per) == 2 for _, c in chunks for per in c)
-    # generate is the same stream, ordered: each conversation's samples do not depend on what ran beside it
+    # generate is the same stream, ordered: each conversation's samples do not depend on what ran beside it (here
+    # on an engine with vLLM's default of requests at once)
     assert [per for _, c in chunks for per in c] == vllm_sampler.generate(
         str(tiny_qwen3), convs, params, {"enable_thinking": True}, list(range(12))
     )
