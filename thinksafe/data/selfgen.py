@@ -26,6 +26,7 @@ import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,12 @@ class SelfGenJob:
 
     def settings(self) -> tuple[dict[str, Any], str]:
         """(settings, fingerprint): what binds a directory, each shard of it included."""
+        return self._settings
+
+    @cached_property
+    def _settings(self) -> tuple[dict[str, Any], str]:
+        """Computed once per job: every backend asks several times, resolving the format may read the model's
+        tokenizer config and the fingerprint hashes every prompt."""
         fmt, template_kwargs = resolve_format(
             self.model, self.reasoning_format, chat_template_kwargs=self.chat_template_kwargs
         )
