@@ -181,15 +181,11 @@ def merge_sources(paths: list[str | Path]) -> list[Path]:
     for p in map(Path, paths):
         if not p.is_dir():
             raise UserError(f"--merge: {p} is not a directory.")
-        shards = sorted((p / SHARDS_DIR).glob("rank_*_of_*")) if (p / SHARDS_DIR).is_dir() else []
-        if shards and not (p / "stats.json").is_file():
-            by_split: dict[int, list[Path]] = {}
-            for s in shards:
-                by_split.setdefault(int(s.name.rsplit("_", 1)[1]), []).append(s)
+        by_split = _layouts(p)
+        if by_split and not (p / "stats.json").is_file():
             # the largest split whose shards are all there and finished, else the largest (merge names what lacks)
             whole = [k for k, ds in by_split.items() if len(ds) == k and all((d / "stats.json").is_file() for d in ds)]
-            split = max(whole or by_split)
-            out.extend(sorted(by_split[split], key=lambda s: int(s.name.split("_")[1])))
+            out.extend(by_split[max(whole or by_split)])
         else:
             out.append(p)
     return out
@@ -197,12 +193,15 @@ def merge_sources(paths: list[str | Path]) -> list[Path]:
 
 # ------------------------------------------------------------------------- resuming with another layout
 def _layouts(out: Path) -> dict[int, list[Path]]:
-    """The shard directories in ``out``, by the number of shards of their split."""
-    by: dict[int, list[Path]] = {}
-    for d in sorted((out / SHARDS_DIR).glob("rank_*_of_*")) if (out / SHARDS_DIR).is_dir() else []:
+    """The shard directories in ``out``, by the number of shards of their split, each split's in rank order."""
+    found = []
+    for d in (out / SHARDS_DIR).glob("rank_*_of_*") if (out / SHARDS_DIR).is_dir() else []:
         parts = d.name.split("_")
         if d.is_dir() and len(parts) == 4 and parts[1].isdigit() and parts[3].isdigit():
-            by.setdefault(int(parts[3]), []).append(d)
+            found.append((int(parts[3]), int(parts[1]), d))
+    by: dict[int, list[Path]] = {}
+    for split, _rank, d in sorted(found):
+        by.setdefault(split, []).append(d)
     return by
 
 
