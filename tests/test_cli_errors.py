@@ -106,6 +106,10 @@ def test_unknown_recipe_key_names_the_closest(tmp_path, capsys):
         ),  # Lightning's misconfiguration
         ("--data.sampling.n=zero", '"data.sampling.n"'),  # a bad type
         ("--data.sampler.init_args.max_num_seqs=0", "VLLMSampler: max_num_seqs must be ≥ 1 or null, got 0."),
+        (
+            "--data.sampler.init_args.kv_cache_memory_bytes=0",
+            "VLLMSampler: kv_cache_memory_bytes must be ≥ 1 or null, got 0.",
+        ),
     ],
 )
 def test_bad_values_exit_2_in_one_paragraph(flag, expected, capsys):

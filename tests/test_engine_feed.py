@@ -70,7 +70,7 @@ def test_chunks_come_back_in_order_while_the_one_engine_call_goes_on(tiny_qwen3,
     params = SamplingConfig(n=2, max_tokens=64, temperature=1.0)
     events: list[dict] = []
     chunks, seen_at_first_chunk = [], None
-    waves = VLLMSampler(gpu_memory_utilization=0.05, max_model_len=2048, max_num_seqs=4)
+    waves = VLLMSampler(kv_cache_memory_bytes=2**28, max_model_len=2048, max_num_seqs=4)
     try:
         with reporting(events.append):
             for part, completions in generate_in_chunks(
@@ -129,7 +129,7 @@ def test_generate_killed_while_the_engine_streams_resumes_to_the_same_bytes(tiny
             "reasoning_format": "plain",
             "sampler": {
                 "class_path": "thinksafe.sampling.VLLMSampler",
-                "init_args": {"gpu_memory_utilization": 0.1, "max_model_len": 2048},
+                "init_args": {"kv_cache_memory_bytes": 2**28, "max_model_len": 2048},
             },
             "guard": {"class_path": "thinksafe.guards.OfflineJudge"},
             "sampling": {"n": N, "max_tokens": max_tokens, "seed": SEED},

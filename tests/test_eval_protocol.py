@@ -41,7 +41,7 @@ def test_check_context():
 def test_eval_refuses_a_context_below_prompt_plus_max_tokens(tiny_qwen3, tmp_path):
     # the recipes' data-stage sampler (max_model_len 20480) would cap the 32,768-token reasoning budget; here
     # the same at toy scale: the run stops before any engine starts, naming the length that fits
-    sampler = VLLMSampler(gpu_memory_utilization=0.1, max_model_len=64)
+    sampler = VLLMSampler(kv_cache_memory_bytes=2**28, max_model_len=64)
     with pytest.raises(UserError, match=r"max_model_len 64 .*gsm8k needs .*max_tokens 48"):
         run_eval(
             str(tiny_qwen3),

@@ -83,7 +83,7 @@ def test_lora_adapter_is_served_by_vllm_unmerged(tiny_qwen3, vllm_sampler, bench
     adapter = make_adapter(tiny_qwen3, tmp_path / "adapter")
     greedy = SamplingConfig(n=1, temperature=0.0, max_tokens=16)
     # engine of its own, LoRA enabled from the start (rank 8) so that re-pointing it never restarts it
-    lora_sampler = VLLMSampler(gpu_memory_utilization=0.1, max_model_len=2048, dtype="float32", max_lora_rank=8)
+    lora_sampler = VLLMSampler(kv_cache_memory_bytes=2**28, max_model_len=2048, dtype="float32", max_lora_rank=8)
     out = tmp_path / "eval"
     with kept_engines(lora_sampler):
         run_eval(

