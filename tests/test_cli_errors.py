@@ -168,7 +168,7 @@ def test_eval_defaults_come_from_the_recipe_and_flags_override(tmp_path):
     assert kw["model"] == "data/tiny-qwen3" and kw["benchmarks"] == ["gsm8k", "xstest"]
     assert kw["reasoning_format"] == "plain"
     assert (
-        type(kw["sampler"]).__name__ == "VLLMSampler" and kw["sampler"].engine_settings().gpu_memory_utilization == 0.1
+        type(kw["sampler"]).__name__ == "VLLMSampler" and kw["sampler"].engine_settings().kv_cache_memory_bytes == 2**29
     )
     opts = parse_eval_options(
         [
