@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from thinksafe.sampling.engine import EngineSettings
 
 Verdict = Literal["safe", "unsafe", "error"]
 
@@ -20,6 +22,32 @@ def check_unscorable(value: str, guard: str) -> None:
 
     if value not in ("error", "authors"):
         raise UserError(f"{guard}: unscorable must be error or authors, got {value!r}.")
+
+
+class ModelGuardEngine:
+    """The vLLM engine of a model guard (LlamaGuard3, WildGuard), built from the options both take.
+
+    ``_kv_cache_memory_bytes`` is private: a guard's public attributes are its settings in a set's manifest and
+    fingerprint, and a cache size changes no verdict (sets judged before that option keep their fingerprint)."""
+
+    model: str
+    tensor_parallel_size: int
+    gpu_memory_utilization: float | None
+    dtype: str
+    max_model_len: int | None
+    _kv_cache_memory_bytes: int | None
+
+    def engine_settings(self) -> EngineSettings:
+        return EngineSettings(
+            self.tensor_parallel_size,
+            self.gpu_memory_utilization,
+            self.dtype,
+            self.max_model_len,
+            kv_cache_memory_bytes=self._kv_cache_memory_bytes,
+        )
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        return self.engine_settings().engine_kwargs(self.model, seed=0)
 
 
 @dataclass(frozen=True)

