@@ -219,11 +219,15 @@ def test_short_testbed_fit_raises_mean_reward(tmp_path):
     and nothing is learned (see README); at temperature 2 its completions break the think format about half of the
     time, the format reward varies within groups, and GRPO must raise it: the mean reward of the same prompts,
     same seeds, is higher after a few steps than before."""
-    from lightning.pytorch import Trainer
+    from lightning.pytorch import Trainer, seed_everything
 
     from thinksafe.model import LoRA
     from thinksafe.rl import GRPOModule
 
+    # seeded: the LoRA init and the training rollouts otherwise take the global RNG as earlier tests left it. At 24
+    # steps the gain (same prompts, same rollout seeds: 0.547 before) ranged 0.05-0.27 over seeds 0-4 and test
+    # orders, twice under the 0.1 asserted; at 36 steps 0.16-0.25
+    seed_everything(0)
     rows = [json.loads(line) for line in (REPO / "data/testbed/prompts.jsonl").read_text().splitlines()]
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in [r for r in rows if "harmful" in r["label"]][:8]))
@@ -240,7 +244,7 @@ def test_short_testbed_fit_raises_mean_reward(tmp_path):
     dm = GRPOModule.online_data(_data(prompts, str(REPO / "data/testbed/model"), tmp_path))
     trainer = Trainer(
         accelerator="cpu",
-        max_steps=24,
+        max_steps=36,
         max_epochs=-1,
         logger=False,
         enable_checkpointing=False,
@@ -263,7 +267,7 @@ def test_short_testbed_fit_raises_mean_reward(tmp_path):
     dm.sampler.attach(module.hparams.name_or_path, module.model, module.tokenizer)  # closed when training ended
     after = mean_reward()
     print(f"mean reward before {before:.3f} after {after:.3f}")
-    assert module.cost["completions"] == 24 * 4 * 8 and module.cost["generated_tokens"] > 0
+    assert module.cost["completions"] == 36 * 4 * 8 and module.cost["generated_tokens"] > 0
     assert module.cost["guard_calls"] == module.cost["completions"]
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
     assert after > before + 0.1, (before, after)
